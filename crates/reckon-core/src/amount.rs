@@ -1,0 +1,239 @@
+//! Fixed-point amounts.
+//!
+//! An [`Amount`] counts micro-units: 1 unit (1 MB, 1 credit, 1 USD, 1 API call)
+//! is `1_000_000`. Six decimal places hold a thousandth of a cent and a byte of
+//! a megabyte; integers keep every sum exact, which floats cannot.
+//!
+//! The value is never negative and never above [`AMOUNT_MICROS_MAX`], which
+//! keeps every amount and every account total inside `i64` (the column type
+//! of both SQLite and PostgreSQL) so storage is lossless.
+
+use std::fmt;
+
+/// Decimal places carried by every amount.
+pub const AMOUNT_DECIMALS: u32 = 6;
+/// Micro-units per unit.
+pub const MICROS_PER_UNIT: i64 = 1_000_000;
+/// Largest amount any single value or account total may reach: 10^12 units.
+/// Far above any real balance, and still 9x below `i64::MAX` micros, so adding
+/// two in-range amounts can be checked without overflow tricks.
+pub const AMOUNT_MICROS_MAX: i64 = 1_000_000_000_000 * MICROS_PER_UNIT;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Amount(i64);
+
+/// Why text or a number could not become an [`Amount`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AmountError {
+    Empty,
+    Negative,
+    NotANumber,
+    TooManyDecimals,
+    TooLarge,
+}
+
+impl fmt::Display for AmountError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            AmountError::Empty => "amount is empty",
+            AmountError::Negative => "amount must not be negative",
+            AmountError::NotANumber => "amount must be a decimal number such as 12 or \"12.5\"",
+            AmountError::TooManyDecimals => "amount has more than 6 decimal places",
+            AmountError::TooLarge => "amount is above the maximum of 1000000000000 units",
+        };
+        f.write_str(text)
+    }
+}
+
+impl std::error::Error for AmountError {}
+
+impl Amount {
+    pub const ZERO: Amount = Amount(0);
+    pub const MAX: Amount = Amount(AMOUNT_MICROS_MAX);
+
+    /// Builds an amount from micro-units; `None` when out of range.
+    pub const fn from_micros(micros: i64) -> Option<Amount> {
+        if micros < 0 || micros > AMOUNT_MICROS_MAX {
+            None
+        } else {
+            Some(Amount(micros))
+        }
+    }
+
+    /// Whole units; `None` when out of range.
+    pub const fn from_units(units: i64) -> Option<Amount> {
+        match units.checked_mul(MICROS_PER_UNIT) {
+            Some(m) => Amount::from_micros(m),
+            None => None,
+        }
+    }
+
+    pub const fn micros(self) -> i64 {
+        self.0
+    }
+
+    pub const fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Sum, or `None` when it would pass [`Amount::MAX`].
+    pub fn checked_add(self, other: Amount) -> Option<Amount> {
+        // Both are <= MAX < i64::MAX / 2, so the raw sum cannot overflow.
+        Amount::from_micros(self.0 + other.0)
+    }
+
+    /// Difference, or `None` when it would be negative.
+    pub fn checked_sub(self, other: Amount) -> Option<Amount> {
+        Amount::from_micros(self.0 - other.0)
+    }
+
+    /// Difference clamped at zero.
+    pub fn saturating_sub(self, other: Amount) -> Amount {
+        Amount((self.0 - other.0).max(0))
+    }
+
+    /// Parses decimal text exactly: `"12"`, `"12.5"`, `"0.000001"`.
+    ///
+    /// Exponents (`1e3`) are accepted when they still denote an exact value
+    /// with at most six decimals, because JSON encoders emit them for large
+    /// and small numbers. Anything that would need rounding is refused rather
+    /// than rounded: silent rounding is how balances drift.
+    pub fn parse(text: &str) -> Result<Amount, AmountError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(AmountError::Empty);
+        }
+        let (text, negative) = match text.strip_prefix('-') {
+            Some(rest) => (rest, true),
+            None => (text.strip_prefix('+').unwrap_or(text), false),
+        };
+        let (mantissa, exponent) = match text.find(['e', 'E']) {
+            Some(i) => {
+                let exp: i32 = text[i + 1..].parse().map_err(|_| AmountError::NotANumber)?;
+                (&text[..i], exp)
+            }
+            None => (text, 0),
+        };
+        let (int_part, frac_part) = match mantissa.split_once('.') {
+            Some((i, f)) => (i, f),
+            None => (mantissa, ""),
+        };
+        if (int_part.is_empty() && frac_part.is_empty())
+            || !int_part.bytes().all(|b| b.is_ascii_digit())
+            || !frac_part.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(AmountError::NotANumber);
+        }
+        // All digits in one string; `point` counts how many of them stand
+        // before the decimal point once the exponent has moved it.
+        let all_digits = format!("{int_part}{frac_part}");
+        let mut point = int_part.len() as i64 + exponent as i64;
+        let digits = all_digits.trim_start_matches('0');
+        point -= (all_digits.len() - digits.len()) as i64; // each leading zero dropped
+        let digits = digits.trim_end_matches('0'); // trailing zeros do not move the point
+        if digits.is_empty() {
+            return Ok(Amount::ZERO);
+        }
+        if negative {
+            return Err(AmountError::Negative);
+        }
+        let decimals = digits.len() as i64 - point;
+        if decimals > AMOUNT_DECIMALS as i64 {
+            return Err(AmountError::TooManyDecimals);
+        }
+        let shift = AMOUNT_DECIMALS as i64 - decimals; // zeros to append to reach micros
+        if digits.len() as i64 + shift > 19 {
+            return Err(AmountError::TooLarge);
+        }
+        let mut micros: i64 = 0;
+        for b in digits.bytes() {
+            micros = micros
+                .checked_mul(10)
+                .and_then(|m| m.checked_add((b - b'0') as i64))
+                .ok_or(AmountError::TooLarge)?;
+        }
+        for _ in 0..shift {
+            micros = micros.checked_mul(10).ok_or(AmountError::TooLarge)?;
+        }
+        Amount::from_micros(micros).ok_or(AmountError::TooLarge)
+    }
+}
+
+/// Renders the shortest exact decimal: `12`, `12.5`, `0.000001`.
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let units = self.0 / MICROS_PER_UNIT;
+        let frac = self.0 % MICROS_PER_UNIT;
+        if frac == 0 {
+            write!(f, "{units}")
+        } else {
+            let frac = format!("{frac:06}");
+            write!(f, "{units}.{}", frac.trim_end_matches('0'))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_exact_decimals() {
+        let cases: &[(&str, Result<i64, AmountError>)] = &[
+            ("0", Ok(0)),
+            ("12", Ok(12_000_000)),
+            ("12.5", Ok(12_500_000)),
+            ("0.000001", Ok(1)),
+            (".5", Ok(500_000)),
+            ("5.", Ok(5_000_000)),
+            ("007.250", Ok(7_250_000)),
+            ("1e3", Ok(1_000_000_000)),
+            ("1.5E-3", Ok(1_500)),
+            ("2.5e-6", Err(AmountError::TooManyDecimals)),
+            ("0.0000001", Err(AmountError::TooManyDecimals)),
+            ("0.00000010", Err(AmountError::TooManyDecimals)),
+            ("0.1000000", Ok(100_000)),
+            ("-1", Err(AmountError::Negative)),
+            ("-0", Ok(0)),
+            ("", Err(AmountError::Empty)),
+            ("abc", Err(AmountError::NotANumber)),
+            ("1.2.3", Err(AmountError::NotANumber)),
+            ("NaN", Err(AmountError::NotANumber)),
+            ("inf", Err(AmountError::NotANumber)),
+            (".", Err(AmountError::NotANumber)),
+            ("1e", Err(AmountError::NotANumber)),
+            ("1000000000000", Ok(AMOUNT_MICROS_MAX)),
+            ("1000000000000.000001", Err(AmountError::TooLarge)),
+            ("99999999999999999999999", Err(AmountError::TooLarge)),
+            ("1e400", Err(AmountError::TooLarge)),
+            ("0.05", Ok(50_000)),
+            ("37.66", Ok(37_660_000)),
+        ];
+        for (text, want) in cases {
+            let got = Amount::parse(text).map(Amount::micros);
+            assert_eq!(&got, want, "parsing {text:?}");
+        }
+    }
+
+    #[test]
+    fn displays_shortest_exact_form() {
+        for (micros, text) in [(0, "0"), (1, "0.000001"), (12_500_000, "12.5"), (37_660_000, "37.66")] {
+            assert_eq!(Amount::from_micros(micros).unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn display_and_parse_round_trip() {
+        for micros in [0, 1, 10, 999_999, 1_000_000, 123_456_789, AMOUNT_MICROS_MAX] {
+            let a = Amount::from_micros(micros).unwrap();
+            assert_eq!(Amount::parse(&a.to_string()), Ok(a));
+        }
+    }
+
+    #[test]
+    fn arithmetic_is_checked() {
+        assert_eq!(Amount::MAX.checked_add(Amount::from_micros(1).unwrap()), None);
+        assert_eq!(Amount::ZERO.checked_sub(Amount::from_micros(1).unwrap()), None);
+        assert_eq!(Amount::from_micros(-1), None);
+    }
+}

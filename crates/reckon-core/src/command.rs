@@ -1,0 +1,153 @@
+//! Commands: the only way state changes. Every surface (native API, seed
+//! adapters, scheduler, CLI) builds one of these; the core applies it.
+
+use crate::account::{AccountId, AccountStatus, OveragePolicy, Unit};
+use crate::amount::Amount;
+use crate::time::Timestamp;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    CreateAccount(CreateAccount),
+    UpdateAccount(UpdateAccount),
+    Grant(GrantCmd),
+    Usage(UsageCmd),
+    Lock(LockCmd),
+    Settle(SettleCmd),
+    Release(ReleaseCmd),
+    /// Materialises every expiry due at `now` (grants, holds). Sent by the
+    /// scheduler; a no-op when nothing is due.
+    Sweep { account: AccountId },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateAccount {
+    pub id: AccountId,
+    pub unit: Unit,
+    pub expires_at: Option<Timestamp>,
+    pub timezone: Option<String>,
+    pub metadata: String,
+    pub overage: OveragePolicy,
+}
+
+/// Each `Some` field replaces the stored value; `expires_at: Some(None)` clears it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateAccount {
+    pub id: AccountId,
+    pub expires_at: Option<Option<Timestamp>>,
+    pub status: Option<AccountStatus>,
+    pub metadata: Option<String>,
+    pub overage: Option<OveragePolicy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantCmd {
+    pub account: AccountId,
+    /// Chosen by the caller (a fresh UUID) so the core stays deterministic.
+    pub grant_id: String,
+    pub amount: Amount,
+    pub expires_at: Option<Timestamp>,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageCmd {
+    pub account: AccountId,
+    pub amount: Amount,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockCmd {
+    pub account: AccountId,
+    /// Chosen by the caller (a fresh UUID).
+    pub hold_id: String,
+    pub amount: Amount,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettleCmd {
+    pub account: AccountId,
+    pub hold_id: String,
+    pub amount: Amount,
+    /// Overrides the account's policy for this settle.
+    pub overage: Option<OveragePolicy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseCmd {
+    pub account: AccountId,
+    pub hold_id: String,
+}
+
+impl Command {
+    /// The one account a command touches.
+    pub fn account_id(&self) -> &AccountId {
+        match self {
+            Command::CreateAccount(c) => &c.id,
+            Command::UpdateAccount(c) => &c.id,
+            Command::Grant(c) => &c.account,
+            Command::Usage(c) => &c.account,
+            Command::Lock(c) => &c.account,
+            Command::Settle(c) => &c.account,
+            Command::Release(c) => &c.account,
+            Command::Sweep { account } => account,
+        }
+    }
+
+    /// The hold a command resolves, if any: the store loads it even when it is
+    /// no longer open, so the core can say why it cannot be resolved again.
+    pub fn target_hold(&self) -> Option<&str> {
+        match self {
+            Command::Settle(c) => Some(&c.hold_id),
+            Command::Release(c) => Some(&c.hold_id),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::CreateAccount(_) => "create_account",
+            Command::UpdateAccount(_) => "update_account",
+            Command::Grant(_) => "grant",
+            Command::Usage(_) => "usage",
+            Command::Lock(_) => "lock",
+            Command::Settle(_) => "settle",
+            Command::Release(_) => "release",
+            Command::Sweep { .. } => "sweep",
+        }
+    }
+
+    /// A canonical text of what the caller asked for, for idempotency
+    /// fingerprints. Ids the server generated (grant and hold ids) are left
+    /// out: a retry gets fresh ones and must still match the first request.
+    pub fn canonical(&self) -> String {
+        fn ts(t: Option<Timestamp>) -> String {
+            t.map_or_else(|| "-".to_owned(), |t| t.millis().to_string())
+        }
+        match self {
+            Command::CreateAccount(c) => format!(
+                "create_account|{}|{}|{}|{}|{}|{}",
+                c.id, c.unit.as_str(), ts(c.expires_at), c.timezone.as_deref().unwrap_or("-"), c.metadata, c.overage.as_str()
+            ),
+            Command::UpdateAccount(c) => format!(
+                "update_account|{}|{}|{}|{}|{}",
+                c.id,
+                c.expires_at.map_or_else(|| "keep".to_owned(), ts),
+                c.status.map_or("keep", AccountStatus::as_str),
+                c.metadata.as_deref().unwrap_or("keep"),
+                c.overage.map_or("keep", OveragePolicy::as_str)
+            ),
+            Command::Grant(c) => format!("grant|{}|{}|{}|{}", c.account, c.amount.micros(), ts(c.expires_at), c.source),
+            Command::Usage(c) => format!("usage|{}|{}", c.account, c.amount.micros()),
+            // A lock's expiry is derived from the request time, so a retry
+            // would differ; the TTL is part of the request text at the edge.
+            Command::Lock(c) => format!("lock|{}|{}", c.account, c.amount.micros()),
+            Command::Settle(c) => format!(
+                "settle|{}|{}|{}|{}",
+                c.account, c.hold_id, c.amount.micros(), c.overage.map_or("-", OveragePolicy::as_str)
+            ),
+            Command::Release(c) => format!("release|{}|{}", c.account, c.hold_id),
+            Command::Sweep { account } => format!("sweep|{account}"),
+        }
+    }
+}
