@@ -258,6 +258,16 @@ impl Hold {
     pub fn is_open_at(&self, now: Timestamp) -> bool {
         self.status == HoldStatus::Held && self.expires_at > now
     }
+
+    /// The status a reader should see at `now`: a hold past its expiry is
+    /// expired even before any command has written that down.
+    pub fn status_at(&self, now: Timestamp) -> HoldStatus {
+        if self.status == HoldStatus::Held && self.expires_at <= now {
+            HoldStatus::Expired
+        } else {
+            self.status
+        }
+    }
 }
 
 /// Lifetime totals of an account. With the live grants and holds they satisfy

@@ -39,13 +39,32 @@ pub struct UpdateAccount {
     pub overage: Option<OveragePolicy>,
 }
 
+/// When a grant stops counting. A relative validity is resolved against the
+/// `now` the command is applied at, not the time a client sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantExpiry {
+    Never,
+    At(Timestamp),
+    AfterSecs(u64),
+}
+
+impl GrantExpiry {
+    pub fn resolve(self, now: Timestamp) -> Option<Timestamp> {
+        match self {
+            GrantExpiry::Never => None,
+            GrantExpiry::At(at) => Some(at),
+            GrantExpiry::AfterSecs(secs) => Some(now.plus_secs(secs)),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrantCmd {
     pub account: AccountId,
     /// Chosen by the caller (a fresh UUID) so the core stays deterministic.
     pub grant_id: String,
     pub amount: Amount,
-    pub expires_at: Option<Timestamp>,
+    pub expiry: GrantExpiry,
     pub source: String,
 }
 
@@ -61,7 +80,8 @@ pub struct LockCmd {
     /// Chosen by the caller (a fresh UUID).
     pub hold_id: String,
     pub amount: Amount,
-    pub expires_at: Timestamp,
+    /// The hold expires this long after the instant it is applied at.
+    pub ttl_secs: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,11 +157,16 @@ impl Command {
                 c.metadata.as_deref().unwrap_or("keep"),
                 c.overage.map_or("keep", OveragePolicy::as_str)
             ),
-            Command::Grant(c) => format!("grant|{}|{}|{}|{}", c.account, c.amount.micros(), ts(c.expires_at), c.source),
+            Command::Grant(c) => {
+                let expiry = match c.expiry {
+                    GrantExpiry::Never => "-".to_owned(),
+                    GrantExpiry::At(at) => at.millis().to_string(),
+                    GrantExpiry::AfterSecs(secs) => format!("+{secs}s"),
+                };
+                format!("grant|{}|{}|{}|{}", c.account, c.amount.micros(), expiry, c.source)
+            }
             Command::Usage(c) => format!("usage|{}|{}", c.account, c.amount.micros()),
-            // A lock's expiry is derived from the request time, so a retry
-            // would differ; the TTL is part of the request text at the edge.
-            Command::Lock(c) => format!("lock|{}|{}", c.account, c.amount.micros()),
+            Command::Lock(c) => format!("lock|{}|{}|{}", c.account, c.amount.micros(), c.ttl_secs),
             Command::Settle(c) => format!(
                 "settle|{}|{}|{}|{}",
                 c.account, c.hold_id, c.amount.micros(), c.overage.map_or("-", OveragePolicy::as_str)

@@ -172,7 +172,8 @@ fn grant(state: &mut AccountState, c: &GrantCmd, now: Timestamp, events: &mut Ve
     if c.amount.is_zero() {
         return Err(Rejection::InvalidAmount);
     }
-    if c.expires_at.is_some_and(|at| at <= now) {
+    let expires_at = c.expiry.resolve(now);
+    if expires_at.is_some_and(|at| at <= now) {
         return Err(Rejection::ExpiryInPast);
     }
     if state.grants.len() >= GRANTS_PER_ACCOUNT_MAX {
@@ -184,7 +185,7 @@ fn grant(state: &mut AccountState, c: &GrantCmd, now: Timestamp, events: &mut Ve
         seq: state.next_grant_seq,
         amount: c.amount,
         remaining: c.amount,
-        expires_at: c.expires_at,
+        expires_at,
         source: c.source.clone(),
         created_at: now,
     };
@@ -210,7 +211,7 @@ fn usage(state: &mut AccountState, c: &UsageCmd, now: Timestamp, events: &mut Ve
 fn lock(state: &mut AccountState, c: &LockCmd, now: Timestamp, events: &mut Vec<Event>) -> Result<Hold, Rejection> {
     let available = state.balance_materialised().available;
     spend_refusal(state, c.amount, available, now)?;
-    if c.expires_at <= now {
+    if c.ttl_secs == 0 {
         return Err(Rejection::ExpiryInPast);
     }
     let open = state.holds.iter().filter(|h| h.status == HoldStatus::Held).count();
@@ -223,7 +224,7 @@ fn lock(state: &mut AccountState, c: &LockCmd, now: Timestamp, events: &mut Vec<
         account_id: state.account.id.clone(),
         amount: c.amount,
         status: HoldStatus::Held,
-        expires_at: c.expires_at,
+        expires_at: now.plus_secs(c.ttl_secs),
         allocations,
         settled_amount: Amount::ZERO,
         created_at: now,

@@ -28,7 +28,7 @@ pub use account::{
     OveragePolicy, Totals, Unit,
 };
 pub use amount::{Amount, AmountError};
-pub use command::{Command, CreateAccount, GrantCmd, LockCmd, ReleaseCmd, SettleCmd, UpdateAccount, UsageCmd};
+pub use command::{Command, CreateAccount, GrantCmd, GrantExpiry, LockCmd, ReleaseCmd, SettleCmd, UpdateAccount, UsageCmd};
 pub use event::{Event, EventKind};
 pub use ledger::{apply, check, Applied, Check, Outcome};
 pub use rejection::Rejection;

@@ -19,7 +19,7 @@ fn rows() -> Vec<Row> {
     use OveragePolicy::*;
     use Rejection::*;
     let base = || vec![(0, create()), (0, grant("g1", 10, None))];
-    let with_hold = || vec![(0, create()), (0, grant("g1", 10, None)), (1, lock("h1", 4, 100))];
+    let with_hold = || vec![(0, create()), (0, grant("g1", 10, None)), lock_until("h1", 4, 1, 100)];
     vec![
         Row { name: "create twice", setup: vec![(0, create())], at: 1, command: create(), want: Err(AccountExists) },
         Row { name: "usage on unknown account", setup: vec![], at: 0, command: usage(1), want: Err(AccountNotFound) },
@@ -67,9 +67,9 @@ fn rows() -> Vec<Row> {
             command: grant("g1", 3, None),
             want: Ok((3, 0, 0, 0)),
         },
-        Row { name: "lock reserves", setup: base(), at: 1, command: lock("h1", 4, 100), want: Ok((6, 4, 0, 0)) },
-        Row { name: "lock above available", setup: with_hold(), at: 2, command: lock("h2", 7, 100), want: Err(InsufficientBalance) },
-        Row { name: "lock expiring now", setup: base(), at: 5, command: lock("h1", 1, 5), want: Err(ExpiryInPast) },
+        Row { name: "lock reserves", setup: base(), at: 1, command: lock_until("h1", 4, 1, 100).1, want: Ok((6, 4, 0, 0)) },
+        Row { name: "lock above available", setup: with_hold(), at: 2, command: lock_until("h2", 7, 2, 100).1, want: Err(InsufficientBalance) },
+        Row { name: "lock expiring now", setup: base(), at: 5, command: lock_until("h1", 1, 5, 5).1, want: Err(ExpiryInPast) },
         Row { name: "settle below the hold returns the rest", setup: with_hold(), at: 2, command: settle("h1", 3, None), want: Ok((7, 0, 3, 0)) },
         Row { name: "settle of zero refunds all", setup: with_hold(), at: 2, command: settle("h1", 0, None), want: Ok((10, 0, 0, 0)) },
         Row { name: "settle above the hold, reject", setup: with_hold(), at: 2, command: settle("h1", 5, None), want: Err(ExceedsHold) },
@@ -84,7 +84,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "account policy applies when the request names none",
-            setup: vec![(0, create()), (0, grant("g1", 10, None)), (0, update(|u| u.overage = Some(Cap))), (1, lock("h1", 4, 100))],
+            setup: vec![(0, create()), (0, grant("g1", 10, None)), (0, update(|u| u.overage = Some(Cap))), lock_until("h1", 4, 1, 100)],
             at: 2,
             command: settle("h1", 9, None),
             want: Ok((6, 0, 4, 0)),
@@ -93,21 +93,21 @@ fn rows() -> Vec<Row> {
         Row { name: "settle unknown hold", setup: with_hold(), at: 2, command: settle("nope", 1, None), want: Err(HoldNotFound) },
         Row {
             name: "settle twice",
-            setup: vec![(0, create()), (0, grant("g1", 10, None)), (1, lock("h1", 4, 100)), (2, settle("h1", 1, None))],
+            setup: vec![(0, create()), (0, grant("g1", 10, None)), lock_until("h1", 4, 1, 100), (2, settle("h1", 1, None))],
             at: 3,
             command: settle("h1", 1, None),
             want: Err(HoldAlreadySettled),
         },
         Row {
             name: "release after settle",
-            setup: vec![(0, create()), (0, grant("g1", 10, None)), (1, lock("h1", 4, 100)), (2, settle("h1", 1, None))],
+            setup: vec![(0, create()), (0, grant("g1", 10, None)), lock_until("h1", 4, 1, 100), (2, settle("h1", 1, None))],
             at: 3,
             command: release("h1"),
             want: Err(HoldAlreadySettled),
         },
         Row {
             name: "settle after release",
-            setup: vec![(0, create()), (0, grant("g1", 10, None)), (1, lock("h1", 4, 100)), (2, release("h1"))],
+            setup: vec![(0, create()), (0, grant("g1", 10, None)), lock_until("h1", 4, 1, 100), (2, release("h1"))],
             at: 3,
             command: settle("h1", 1, None),
             want: Err(HoldAlreadyReleased),
@@ -122,7 +122,7 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "hold survives the expiry of the grant it drew from",
-            setup: vec![(0, create()), (0, grant("g1", 10, Some(50))), (1, lock("h1", 4, 100))],
+            setup: vec![(0, create()), (0, grant("g1", 10, Some(50))), lock_until("h1", 4, 1, 100)],
             at: 60,
             // 6 unheld expired at 50; the hold still pays 3 and its unused 1 expires.
             command: settle("h1", 3, None),
@@ -130,21 +130,21 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "hold expiring after its grant: everything expires",
-            setup: vec![(0, create()), (0, grant("g1", 10, Some(50))), (1, lock("h1", 4, 80))],
+            setup: vec![(0, create()), (0, grant("g1", 10, Some(50))), lock_until("h1", 4, 1, 80)],
             at: 90,
             command: Command::Sweep { account: id() },
             want: Ok((0, 0, 0, 10)),
         },
         Row {
             name: "hold expiring before its grant returns to it",
-            setup: vec![(0, create()), (0, grant("g1", 10, Some(80))), (1, lock("h1", 4, 50))],
+            setup: vec![(0, create()), (0, grant("g1", 10, Some(80))), lock_until("h1", 4, 1, 50)],
             at: 60,
             command: Command::Sweep { account: id() },
             want: Ok((10, 0, 0, 0)),
         },
         Row {
             name: "settle draws from an exhausted grant it reserved",
-            setup: vec![(0, create()), (0, grant("g1", 4, None)), (1, lock("h1", 4, 100)), (1, grant("g2", 5, None))],
+            setup: vec![(0, create()), (0, grant("g1", 4, None)), lock_until("h1", 4, 1, 100), (1, grant("g2", 5, None))],
             at: 2,
             command: settle("h1", 2, None),
             want: Ok((7, 0, 2, 0)),
@@ -168,7 +168,7 @@ fn table() {
 
 #[test]
 fn rejection_leaves_state_untouched() {
-    let state = run(&[(0, create()), (0, grant("g1", 10, Some(50))), (1, lock("h1", 4, 40))]);
+    let state = run(&[(0, create()), (0, grant("g1", 10, Some(50))), lock_until("h1", 4, 1, 40)]);
     let before = state.clone();
     assert_eq!(apply(Some(&state), &usage(100), t(60)), Err(Rejection::InsufficientBalance));
     assert_eq!(state, before);
@@ -176,7 +176,7 @@ fn rejection_leaves_state_untouched() {
 
 #[test]
 fn lazy_expiry_events_carry_the_instant_they_happened() {
-    let state = run(&[(0, create()), (0, grant("g1", 10, Some(50))), (1, lock("h1", 4, 40))]);
+    let state = run(&[(0, create()), (0, grant("g1", 10, Some(50))), lock_until("h1", 4, 1, 40)]);
     let applied = apply(Some(&state), &Command::Sweep { account: id() }, t(60)).unwrap();
     let kinds: Vec<_> = applied.events.iter().map(|e| (e.kind, e.at, e.amount)).collect();
     assert_eq!(

@@ -192,7 +192,7 @@ proptest! {
                         model.holds.push(MHold { id: id.clone(), amount: a * M, expires: (now + ttl) * 1000, st: St::Held, allocs });
                         hold_ids.push(id.clone());
                     }
-                    (lock(&id, a, now + ttl), want)
+                    (lock_until(&id, a, now, now + ttl).1, want)
                 }
                 Op::Settle(h, a, p) => {
                     let id = hold_ids.get(h).cloned().unwrap_or_else(|| "missing".into());

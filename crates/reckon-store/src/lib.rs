@@ -1,1 +1,78 @@
+//! # reckon-store: where the ledger lives
+//!
+//! - [`Store`]: the one abstraction the server talks to. Writes go through
+//!   [`Store::submit`], which hands them to the backend's single writer;
+//!   reads go straight to the database.
+//! - [`executor`]: the batch step all backends share (prefetch plan,
+//!   pure apply, list of writes). Idempotency is decided here.
+//! - [`sqlite`]: the embedded backend: one writer thread owning one
+//!   connection, group commit in WAL mode, a small pool of read connections.
+//! - [`clock`]: the injected clock ([`SystemClock`], [`ManualClock`]).
+//! - [`codec`]: how core values sit in columns (shared by every backend).
+//!
+//! A PostgreSQL backend implements the same trait with the same executor
+//! step; see ARCHITECTURE.md.
 
+pub mod clock;
+pub mod codec;
+pub mod error;
+pub mod executor;
+pub mod request;
+pub mod sqlite;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{ExecError, StoreError};
+pub use request::{Executed, IdempotencyKey, Request, StoredEvent, IDEMPOTENCY_KEY_BYTES_MAX};
+pub use sqlite::SqliteStore;
+
+use reckon_core::{AccountId, AccountState, Hold, HoldStatus, Timestamp};
+use std::future::Future;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Largest page any listing returns.
+pub const PAGE_SIZE_MAX: usize = 500;
+
+/// The storage contract. Every backend passes the same contract test suite
+/// (`tests/contract.rs`).
+pub trait Store: Send + Sync + 'static {
+    /// Executes one request; answers only after it is durable.
+    fn submit(&self, request: Request) -> BoxFuture<'_, Result<Executed, ExecError>>;
+
+    /// Executes requests in order, committed together; one answer each.
+    fn submit_many(&self, requests: Vec<Request>) -> BoxFuture<'_, Vec<Result<Executed, ExecError>>>;
+
+    /// The account's stored state (expiries not yet materialised: use
+    /// `AccountState::balance_at` to read a balance).
+    fn account(&self, id: &AccountId) -> BoxFuture<'_, Result<Option<AccountState>, StoreError>>;
+
+    /// Accounts ordered by id, after `after`, at most `limit`.
+    fn accounts(&self, after: Option<&AccountId>, limit: usize) -> BoxFuture<'_, Result<Vec<AccountState>, StoreError>>;
+
+    /// Events of one account, newest first, with `seq < before`.
+    fn events(&self, id: &AccountId, before: Option<i64>, limit: usize) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
+
+    /// One hold, in whatever status it is.
+    fn hold(&self, hold_id: &str) -> BoxFuture<'_, Result<Option<Hold>, StoreError>>;
+
+    /// Holds of one account, newest first, optionally of one status as seen
+    /// at `now` (see `Hold::status_at`); returned statuses are as of `now`.
+    fn holds(
+        &self,
+        id: &AccountId,
+        status: Option<HoldStatus>,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Hold>, StoreError>>;
+
+    /// Accounts with an expiry due at or before `now`, for the sweeper.
+    fn due_accounts(&self, now: Timestamp, limit: usize) -> BoxFuture<'_, Result<Vec<AccountId>, StoreError>>;
+
+    /// Deletes idempotency records created before `before`; returns how many.
+    fn purge_idempotency(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Server settings kept in the database (e.g. the generated admin key's hash).
+    fn setting(&self, key: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
+    fn set_setting(&self, key: &str, value: &str) -> BoxFuture<'_, Result<(), StoreError>>;
+}

@@ -33,7 +33,7 @@ pub fn grant(gid: &str, n: i64, expires: Option<i64>) -> Command {
         account: id(),
         grant_id: gid.into(),
         amount: units(n),
-        expires_at: expires.map(t),
+        expiry: expires.map_or(GrantExpiry::Never, |e| GrantExpiry::At(t(e))),
         source: "test".into(),
     })
 }
@@ -42,8 +42,10 @@ pub fn usage(n: i64) -> Command {
     Command::Usage(UsageCmd { account: id(), amount: units(n) })
 }
 
-pub fn lock(hid: &str, n: i64, expires: i64) -> Command {
-    Command::Lock(LockCmd { account: id(), hold_id: hid.into(), amount: units(n), expires_at: t(expires) })
+/// A lock applied at second `at` that expires at second `expires`.
+pub fn lock_until(hid: &str, n: i64, at: i64, expires: i64) -> (i64, Command) {
+    let ttl_secs = (expires - at).max(0) as u64;
+    (at, Command::Lock(LockCmd { account: id(), hold_id: hid.into(), amount: units(n), ttl_secs }))
 }
 
 pub fn settle(hid: &str, n: i64, overage: Option<OveragePolicy>) -> Command {

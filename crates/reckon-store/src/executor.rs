@@ -1,0 +1,165 @@
+//! The batch step every backend shares: prefetch, apply, collect writes.
+//!
+//! A backend's writer takes a batch of requests and
+//! 1. asks [`plan`] what to load (accounts in sorted order, the holds the
+//!    commands target, the idempotency keys they carry),
+//! 2. loads exactly that inside its transaction (PostgreSQL locks the
+//!    accounts in the plan's order, so concurrent nodes cannot deadlock),
+//! 3. calls [`apply_batch`], which does no I/O: it runs each request through
+//!    idempotency and the core, in order, on the prefetched state, and
+//! 4. persists the returned [`Writes`] and commits, then answers everyone.
+//!
+//! Requests in one batch see each other's effects, exactly as if they had
+//! run one by one: the batch is only a way to share one commit.
+
+use crate::error::ExecError;
+use crate::request::{Executed, Request};
+use reckon_core::{apply, AccountId, AccountState, Event, Outcome, Timestamp};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Most requests one writer pass takes before it commits.
+pub const BATCH_REQUESTS_MAX: usize = 4_096;
+
+/// What a batch needs loaded.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Each account once, sorted: the lock order on shared backends.
+    pub accounts: Vec<AccountId>,
+    /// Holds that commands resolve, by account: loaded even when no longer
+    /// open, so the core can say "already settled".
+    pub target_holds: BTreeMap<AccountId, BTreeSet<String>>,
+    /// (account, key) pairs to look up.
+    pub idempotency_keys: Vec<(AccountId, String)>,
+}
+
+pub fn plan(requests: &[Request]) -> Plan {
+    let mut accounts = BTreeSet::new();
+    let mut target_holds: BTreeMap<AccountId, BTreeSet<String>> = BTreeMap::new();
+    let mut keys = BTreeSet::new();
+    for r in requests {
+        let id = r.account_id();
+        accounts.insert(id.clone());
+        if let Some(hold) = r.command.target_hold() {
+            target_holds.entry(id.clone()).or_default().insert(hold.to_owned());
+        }
+        if let Some(k) = &r.idempotency_key {
+            keys.insert((id.clone(), k.as_str().to_owned()));
+        }
+    }
+    Plan { accounts: accounts.into_iter().collect(), target_holds, idempotency_keys: keys.into_iter().collect() }
+}
+
+/// A stored idempotency record: the request's fingerprint and its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub fingerprint: String,
+    pub outcome: Outcome,
+}
+
+/// Everything the batch loaded.
+#[derive(Debug, Default)]
+pub struct Prefetched {
+    pub accounts: HashMap<AccountId, AccountState>,
+    pub idempotency: HashMap<(AccountId, String), IdempotencyRecord>,
+}
+
+/// An account whose state changed, with the state as loaded (for diffing).
+#[derive(Debug)]
+pub struct AccountWrite {
+    pub before: Option<AccountState>,
+    pub after: AccountState,
+}
+
+#[derive(Debug)]
+pub struct EventWrite {
+    pub account_id: AccountId,
+    pub event: Event,
+    pub idempotency_key: Option<String>,
+    pub attributes: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct IdempotencyWrite {
+    pub account_id: AccountId,
+    pub key: String,
+    pub record: IdempotencyRecord,
+    pub created_at: Timestamp,
+}
+
+/// What the backend must persist, in one transaction, before answering.
+#[derive(Debug, Default)]
+pub struct Writes {
+    pub accounts: Vec<AccountWrite>,
+    pub events: Vec<EventWrite>,
+    pub idempotency: Vec<IdempotencyWrite>,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty() && self.events.is_empty() && self.idempotency.is_empty()
+    }
+}
+
+/// Applies `requests` in order at `now`. Pure: no I/O, no clock.
+pub fn apply_batch(
+    mut prefetched: Prefetched,
+    requests: &[Request],
+    now: Timestamp,
+) -> (Vec<Result<Executed, ExecError>>, Writes) {
+    let mut before: HashMap<AccountId, Option<AccountState>> = HashMap::new();
+    let mut writes = Writes::default();
+    let mut results = Vec::with_capacity(requests.len());
+    for request in requests {
+        let id = request.account_id();
+        let key = request.idempotency_key.as_ref().map(|k| (id.clone(), k.as_str().to_owned()));
+        let fingerprint = key.as_ref().map(|_| request.fingerprint());
+        if let (Some(key), Some(fingerprint)) = (&key, &fingerprint) {
+            if let Some(record) = prefetched.idempotency.get(key) {
+                results.push(if &record.fingerprint == fingerprint {
+                    Ok(Executed { outcome: record.outcome.clone(), replayed: true })
+                } else {
+                    Err(ExecError::IdempotencyConflict)
+                });
+                continue;
+            }
+        }
+        let state = prefetched.accounts.get(id);
+        match apply(state, &request.command, now) {
+            Err(rejection) => results.push(Err(ExecError::Rejected(rejection))),
+            Ok(applied) => {
+                before.entry(id.clone()).or_insert_with(|| state.cloned());
+                for event in applied.events {
+                    writes.events.push(EventWrite {
+                        account_id: id.clone(),
+                        event,
+                        idempotency_key: key.as_ref().map(|(_, k)| k.clone()),
+                        attributes: request.attributes.clone(),
+                    });
+                }
+                if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
+                    let record = IdempotencyRecord { fingerprint, outcome: applied.outcome.clone() };
+                    prefetched.idempotency.insert(key.clone(), record.clone());
+                    writes.idempotency.push(IdempotencyWrite { account_id: key.0, key: key.1, record, created_at: now });
+                }
+                prefetched.accounts.insert(id.clone(), applied.state);
+                results.push(Ok(Executed { outcome: applied.outcome, replayed: false }));
+            }
+        }
+    }
+    for (id, before) in before {
+        let after = prefetched.accounts.remove(&id).expect("every changed account is in the prefetched map");
+        writes.accounts.push(AccountWrite { before, after });
+    }
+    // A stable write order keeps row locks on shared backends in one order too.
+    writes.accounts.sort_by(|a, b| a.after.account.id.cmp(&b.after.account.id));
+    (results, writes)
+}
+
+/// The earliest instant at which an account next needs the sweeper: its
+/// first grant or open-hold expiry. Stored so the sweeper finds due
+/// accounts with an index instead of a scan.
+pub fn next_due(state: &AccountState) -> Option<Timestamp> {
+    let grants = state.grants.iter().filter_map(|g| g.expires_at);
+    let holds = state.holds.iter().filter(|h| h.status == reckon_core::HoldStatus::Held).map(|h| h.expires_at);
+    grants.chain(holds).min()
+}

@@ -1,0 +1,286 @@
+//! The embedded backend.
+//!
+//! One OS thread owns the only writing connection. It takes every queued
+//! request it can (up to [`BATCH_REQUESTS_MAX`]), runs the shared executor
+//! step on them, writes the result and commits once, and only then answers
+//! each caller: group commit. With `synchronous = FULL` in WAL mode the
+//! commit returns after the WAL is fsynced, so an acknowledged write survives
+//! a power cut, and one fsync is shared by the whole batch.
+//!
+//! Reads use a small pool of separate connections; WAL lets them run while
+//! the writer writes, and they see only committed batches.
+
+mod rows;
+mod schema;
+
+use crate::clock::Clock;
+use crate::error::{ExecError, StoreError};
+use crate::executor::{apply_batch, plan, BATCH_REQUESTS_MAX};
+use crate::request::{Executed, Request, StoredEvent};
+use crate::{BoxFuture, Store, PAGE_SIZE_MAX};
+use reckon_core::{AccountId, AccountState, Hold, HoldStatus, Timestamp};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Requests that may wait for the writer before submitters are slowed down.
+pub const QUEUE_REQUESTS_MAX: usize = 16_384;
+/// Read connections kept open.
+pub const READ_CONNECTIONS: usize = 4;
+/// How long a connection waits on a lock held by another process (the CLI).
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+type Reply = oneshot::Sender<Vec<Result<Executed, ExecError>>>;
+type Maintenance = Box<dyn FnOnce(&mut Connection) + Send>;
+
+enum Job {
+    Execute(Vec<Request>, Reply),
+    /// A non-ledger write (settings, purges) run on the writer's connection
+    /// between batches, so the writer stays the only writer.
+    Maintain(Maintenance),
+}
+
+/// Handle to an open SQLite ledger. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    jobs: mpsc::Sender<Job>,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+}
+
+fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: the WAL is fsynced at every commit, so nothing acknowledged is
+    // lost on power failure (NORMAL may lose the last commits).
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, applies
+    /// migrations and starts the writer thread.
+    pub fn open(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut writer = open(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        schema::migrate(&mut writer)?;
+        let readers = (0..READ_CONNECTIONS)
+            .map(|_| open(&path, OpenFlags::SQLITE_OPEN_READ_WRITE))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (tx, rx) = mpsc::channel(QUEUE_REQUESTS_MAX);
+        std::thread::Builder::new()
+            .name("reckon-writer".into())
+            .spawn(move || writer_loop(writer, rx, clock))?;
+        Ok(SqliteStore { inner: Arc::new(Inner { jobs: tx, readers: Mutex::new(readers), path }) })
+    }
+
+    /// Applies pending migrations without starting a server.
+    pub fn migrate(path: impl AsRef<Path>) -> Result<usize, StoreError> {
+        let mut conn = open(path.as_ref(), OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        schema::migrate(&mut conn)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on a read connection off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.readers.lock().expect("reader pool lock").pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open(&inner.path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
+            };
+            let result = f(&conn);
+            let mut pool = inner.readers.lock().expect("reader pool lock");
+            if pool.len() < READ_CONNECTIONS {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable)?
+    }
+
+    async fn maintain<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Maintain(Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        }));
+        self.inner.jobs.send(job).await.map_err(|_| StoreError::Unavailable)?;
+        rx.await.map_err(|_| StoreError::Unavailable)?
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, clock: Arc<dyn Clock>) {
+    let mut last_now = Timestamp::EPOCH;
+    let mut pending: Option<Job> = None;
+    loop {
+        let first = match pending.take() {
+            Some(job) => job,
+            None => match rx.blocking_recv() {
+                Some(job) => job,
+                None => return, // every handle dropped: shut down
+            },
+        };
+        let (requests, replies) = match first {
+            Job::Maintain(f) => {
+                f(&mut conn);
+                continue;
+            }
+            Job::Execute(requests, reply) => {
+                let mut all = Vec::new();
+                let mut replies = vec![(requests.len(), reply)];
+                all.extend(requests);
+                // Take whatever else is queued, up to the batch limit.
+                while all.len() < BATCH_REQUESTS_MAX {
+                    match rx.try_recv() {
+                        Ok(Job::Execute(more, reply)) => {
+                            replies.push((more.len(), reply));
+                            all.extend(more);
+                        }
+                        Ok(job @ Job::Maintain(_)) => {
+                            pending = Some(job);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                (all, replies)
+            }
+        };
+        // Time never runs backwards inside the ledger, even if the wall clock does.
+        last_now = last_now.max(clock.now());
+        let mut results = match run_batch(&mut conn, &requests, last_now) {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::error!(error = %e, requests = requests.len(), "batch failed to commit; nothing in it was applied");
+                let msg = e.to_string();
+                requests.iter().map(|_| Err(ExecError::Store(StoreError::BatchFailed(msg.clone())))).collect()
+            }
+        }
+        .into_iter();
+        for (n, reply) in replies {
+            let _ = reply.send(results.by_ref().take(n).collect());
+        }
+    }
+}
+
+fn run_batch(conn: &mut Connection, requests: &[Request], now: Timestamp) -> Result<Vec<Result<Executed, ExecError>>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let prefetched = rows::prefetch(&tx, &plan(requests))?;
+    let (results, writes) = apply_batch(prefetched, requests, now);
+    if writes.is_empty() {
+        // Only rejections and replays: nothing to make durable.
+        tx.rollback()?;
+        return Ok(results);
+    }
+    for w in &writes.accounts {
+        rows::write_account(&tx, w)?;
+    }
+    for w in &writes.events {
+        rows::write_event(&tx, w)?;
+    }
+    for w in &writes.idempotency {
+        rows::write_idempotency(&tx, w)?;
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+impl Store for SqliteStore {
+    fn submit(&self, request: Request) -> BoxFuture<'_, Result<Executed, ExecError>> {
+        Box::pin(async move {
+            let mut results = self.submit_many(vec![request]).await;
+            results.pop().expect("one request, one result")
+        })
+    }
+
+    fn submit_many(&self, requests: Vec<Request>) -> BoxFuture<'_, Vec<Result<Executed, ExecError>>> {
+        Box::pin(async move {
+            let n = requests.len();
+            let unavailable = || (0..n).map(|_| Err(ExecError::Store(StoreError::Unavailable))).collect();
+            let (tx, rx) = oneshot::channel();
+            if self.inner.jobs.send(Job::Execute(requests, tx)).await.is_err() {
+                return unavailable();
+            }
+            rx.await.unwrap_or_else(|_| unavailable())
+        })
+    }
+
+    fn account(&self, id: &AccountId) -> BoxFuture<'_, Result<Option<AccountState>, StoreError>> {
+        let id = id.clone();
+        Box::pin(self.read(move |c| rows::load_account(c, &id, &BTreeSet::new())))
+    }
+
+    fn accounts(&self, after: Option<&AccountId>, limit: usize) -> BoxFuture<'_, Result<Vec<AccountState>, StoreError>> {
+        let after = after.cloned();
+        Box::pin(self.read(move |c| rows::load_accounts(c, after.as_ref(), limit.min(PAGE_SIZE_MAX))))
+    }
+
+    fn events(&self, id: &AccountId, before: Option<i64>, limit: usize) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+        let id = id.clone();
+        Box::pin(self.read(move |c| rows::load_events(c, &id, before, limit.min(PAGE_SIZE_MAX))))
+    }
+
+    fn hold(&self, hold_id: &str) -> BoxFuture<'_, Result<Option<Hold>, StoreError>> {
+        let hold_id = hold_id.to_owned();
+        Box::pin(self.read(move |c| rows::load_hold(c, &hold_id)))
+    }
+
+    fn holds(
+        &self,
+        id: &AccountId,
+        status: Option<HoldStatus>,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Hold>, StoreError>> {
+        let id = id.clone();
+        Box::pin(self.read(move |c| rows::load_holds(c, &id, status, now, limit.min(PAGE_SIZE_MAX))))
+    }
+
+    fn due_accounts(&self, now: Timestamp, limit: usize) -> BoxFuture<'_, Result<Vec<AccountId>, StoreError>> {
+        Box::pin(self.read(move |c| rows::due_accounts(c, now, limit)))
+    }
+
+    fn purge_idempotency(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.maintain(move |c| {
+            Ok(c.execute("DELETE FROM idempotency WHERE created_at < ?1", [before.millis()])? as u64)
+        }))
+    }
+
+    fn setting(&self, key: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let key = key.to_owned();
+        Box::pin(self.read(move |c| rows::setting(c, &key)))
+    }
+
+    fn set_setting(&self, key: &str, value: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        Box::pin(self.maintain(move |c| {
+            c.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [&key, &value],
+            )?;
+            Ok(())
+        }))
+    }
+}

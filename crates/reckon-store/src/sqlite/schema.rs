@@ -1,0 +1,103 @@
+//! The SQLite schema, as numbered migrations tracked in `PRAGMA user_version`.
+//!
+//! Tables hold the current state (accounts, live grants, holds) and the
+//! history (events), plus idempotency records and settings. Amounts are
+//! INTEGER micro-units, instants INTEGER Unix milliseconds.
+
+use crate::error::StoreError;
+use rusqlite::Connection;
+
+/// Applied in order; a database at `user_version = n` has the first `n`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE accounts (
+    id              TEXT PRIMARY KEY,
+    unit            TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    expires_at      INTEGER,
+    timezone        TEXT,
+    metadata        TEXT NOT NULL,
+    overage         TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    granted         INTEGER NOT NULL,
+    used            INTEGER NOT NULL,
+    expired         INTEGER NOT NULL,
+    next_grant_seq  INTEGER NOT NULL,
+    -- earliest grant or open-hold expiry: what the sweeper looks for
+    next_due        INTEGER
+) WITHOUT ROWID;
+CREATE INDEX accounts_next_due ON accounts(next_due) WHERE next_due IS NOT NULL;
+
+CREATE TABLE grants (
+    account_id  TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    amount      INTEGER NOT NULL,
+    remaining   INTEGER NOT NULL,
+    expires_at  INTEGER,
+    source      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (account_id, id)
+) WITHOUT ROWID;
+
+CREATE TABLE holds (
+    id              TEXT PRIMARY KEY,
+    account_id      TEXT NOT NULL,
+    amount          INTEGER NOT NULL,
+    status          TEXT NOT NULL,
+    expires_at      INTEGER NOT NULL,
+    allocations     TEXT NOT NULL,
+    settled_amount  INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    resolved_at     INTEGER
+);
+CREATE INDEX holds_account ON holds(account_id, created_at);
+CREATE INDEX holds_open ON holds(account_id) WHERE status = 'held';
+
+CREATE TABLE events (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id       TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    amount           INTEGER NOT NULL,
+    available_after  INTEGER NOT NULL,
+    at               INTEGER NOT NULL,
+    grant_id         TEXT,
+    hold_id          TEXT,
+    idempotency_key  TEXT,
+    attributes       TEXT
+);
+CREATE INDEX events_account ON events(account_id, seq);
+
+CREATE TABLE idempotency (
+    account_id   TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    fingerprint  TEXT NOT NULL,
+    outcome      TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (account_id, key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_created ON idempotency(created_at);
+
+CREATE TABLE settings (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+) WITHOUT ROWID;
+"#];
+
+/// Brings the database up to the newest schema; returns how many migrations ran.
+pub fn migrate(conn: &mut Connection) -> Result<usize, StoreError> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this reckon ({}); upgrade reckon",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(MIGRATIONS.len() - version)
+}

@@ -1,0 +1,356 @@
+//! The store contract: behaviour every backend must show. Each check is an
+//! async function over a fresh [`Harness`]; the `contract!` macro at the
+//! bottom instantiates the whole list per backend, so a new backend (issue:
+//! PostgreSQL) adds one line there and runs the same code.
+
+use reckon_core::*;
+use reckon_store::*;
+use std::sync::Arc;
+
+struct Harness {
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    /// Reopens the same database with a fresh store (a restart).
+    reopen: Box<dyn Fn() -> Arc<dyn Store> + Send + Sync>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+const T0: i64 = 1_700_000_000_000;
+
+fn sqlite() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, clock.clone()).unwrap());
+    let c2 = clock.clone();
+    Harness {
+        store,
+        clock,
+        reopen: Box::new(move || Arc::new(SqliteStore::open(&path, c2.clone()).unwrap())),
+        _dir: Some(dir),
+    }
+}
+
+fn id(s: &str) -> AccountId {
+    AccountId::parse(s).unwrap()
+}
+
+fn units(n: i64) -> Amount {
+    Amount::from_units(n).unwrap()
+}
+
+fn create(name: &str) -> Request {
+    Request::new(Command::CreateAccount(CreateAccount {
+        id: id(name),
+        unit: Unit::default(),
+        expires_at: None,
+        timezone: None,
+        metadata: "{}".into(),
+        overage: OveragePolicy::Reject,
+    }))
+}
+
+fn grant(name: &str, n: i64, expiry: GrantExpiry) -> Request {
+    Request::new(Command::Grant(GrantCmd {
+        account: id(name),
+        grant_id: uuid(),
+        amount: units(n),
+        expiry,
+        source: "test".into(),
+    }))
+}
+
+fn usage(name: &str, n: i64) -> Request {
+    Request::new(Command::Usage(UsageCmd { account: id(name), amount: units(n) }))
+}
+
+fn lock(name: &str, hold: &str, n: i64, ttl_secs: u64) -> Request {
+    Request::new(Command::Lock(LockCmd { account: id(name), hold_id: hold.into(), amount: units(n), ttl_secs }))
+}
+
+fn settle(name: &str, hold: &str, n: i64) -> Request {
+    Request::new(Command::Settle(SettleCmd { account: id(name), hold_id: hold.into(), amount: units(n), overage: None }))
+}
+
+fn keyed(mut r: Request, key: &str) -> Request {
+    r.idempotency_key = Some(IdempotencyKey::parse(key).unwrap());
+    r
+}
+
+/// A fresh id per call, as the server would make; tests need no real UUIDs.
+fn uuid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!("id-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn ok(h: &Harness, r: Request) -> Executed {
+    let what = format!("{:?}", r.command);
+    h.store.submit(r).await.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+async fn rejected(h: &Harness, r: Request) -> Rejection {
+    match h.store.submit(r).await {
+        Err(ExecError::Rejected(rej)) => rej,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+async fn available(h: &Harness, name: &str) -> Amount {
+    let state = h.store.account(&id(name)).await.unwrap().unwrap();
+    state.balance_at(h.clock.now()).available
+}
+
+async fn event_count(h: &Harness, name: &str) -> usize {
+    h.store.events(&id(name), None, PAGE_SIZE_MAX).await.unwrap().len()
+}
+
+// ---- the checks -------------------------------------------------------------
+
+async fn accounts_grants_and_usage(h: Harness) {
+    ok(&h, create("a")).await;
+    assert_eq!(rejected(&h, create("a")).await, Rejection::AccountExists);
+    assert_eq!(rejected(&h, usage("nobody", 1)).await, Rejection::AccountNotFound);
+    ok(&h, grant("a", 10, GrantExpiry::Never)).await;
+    let e = ok(&h, usage("a", 4)).await;
+    assert_eq!(e.outcome.balance.available, units(6));
+    assert_eq!(e.outcome.balance.used, units(4));
+    assert_eq!(available(&h, "a").await, units(6));
+    assert_eq!(rejected(&h, usage("a", 7)).await, Rejection::InsufficientBalance);
+    assert_eq!(available(&h, "a").await, units(6));
+    // created, granted, used: the rejection left no event.
+    assert_eq!(event_count(&h, "a").await, 3);
+    let events = h.store.events(&id("a"), None, 10).await.unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.event.kind).collect();
+    assert_eq!(kinds, vec![EventKind::Used, EventKind::Granted, EventKind::AccountCreated], "newest first");
+    assert_eq!(events[0].event.available_after, units(6));
+    let page = h.store.events(&id("a"), Some(events[0].seq), 1).await.unwrap();
+    assert_eq!(page[0].event.kind, EventKind::Granted, "pagination continues below the cursor");
+}
+
+async fn idempotent_replay_applies_once(h: Harness) {
+    ok(&h, create("a")).await;
+    ok(&h, grant("a", 10, GrantExpiry::Never)).await;
+    let first = ok(&h, keyed(usage("a", 3), "k1")).await;
+    assert!(!first.replayed);
+    let again = ok(&h, keyed(usage("a", 3), "k1")).await;
+    assert!(again.replayed);
+    assert_eq!(again.outcome, first.outcome, "a replay answers what the first call answered");
+    assert_eq!(available(&h, "a").await, units(7));
+    match h.store.submit(keyed(usage("a", 4), "k1")).await {
+        Err(ExecError::IdempotencyConflict) => {}
+        other => panic!("same key, other body: {other:?}"),
+    }
+    // Keys are per account.
+    ok(&h, create("b")).await;
+    ok(&h, grant("b", 5, GrantExpiry::Never)).await;
+    assert!(!ok(&h, keyed(usage("b", 3), "k1")).await.replayed);
+    // A grant's generated id differs on retry, yet the retry is a replay.
+    let g1 = ok(&h, keyed(grant("a", 1, GrantExpiry::AfterSecs(60)), "g")).await;
+    let g2 = ok(&h, keyed(grant("a", 1, GrantExpiry::AfterSecs(60)), "g")).await;
+    assert!(g2.replayed);
+    assert_eq!(g1.outcome.grant.unwrap().id, g2.outcome.grant.unwrap().id);
+    // A rejected request stores nothing: the same key works once the balance allows.
+    assert_eq!(rejected(&h, keyed(usage("b", 50), "later")).await, Rejection::InsufficientBalance);
+    ok(&h, grant("b", 100, GrantExpiry::Never)).await;
+    assert!(!ok(&h, keyed(usage("b", 50), "later")).await.replayed);
+}
+
+async fn duplicates_in_one_batch_apply_once(h: Harness) {
+    ok(&h, create("a")).await;
+    ok(&h, grant("a", 10, GrantExpiry::Never)).await;
+    let results = h
+        .store
+        .submit_many(vec![keyed(usage("a", 2), "same"), keyed(usage("a", 2), "same"), usage("a", 1)])
+        .await;
+    let flags: Vec<bool> = results.iter().map(|r| r.as_ref().unwrap().replayed).collect();
+    assert_eq!(flags, vec![false, true, false]);
+    assert_eq!(available(&h, "a").await, units(7));
+}
+
+async fn batch_applies_in_order(h: Harness) {
+    let results = h
+        .store
+        .submit_many(vec![create("a"), grant("a", 5, GrantExpiry::Never), usage("a", 5), usage("a", 1)])
+        .await;
+    assert!(results[..3].iter().all(Result::is_ok));
+    assert!(matches!(results[3], Err(ExecError::Rejected(Rejection::InsufficientBalance))));
+}
+
+async fn grants_expire_lazily_and_by_sweep(h: Harness) {
+    ok(&h, create("a")).await;
+    ok(&h, grant("a", 10, GrantExpiry::AfterSecs(60))).await;
+    ok(&h, grant("a", 5, GrantExpiry::Never)).await;
+    ok(&h, usage("a", 3)).await; // drawn from the expiring grant
+    assert!(h.store.due_accounts(h.clock.now(), 10).await.unwrap().is_empty());
+    h.clock.advance_secs(60);
+    // No sweep ran, yet the expired grant no longer counts.
+    assert_eq!(available(&h, "a").await, units(5));
+    assert_eq!(rejected(&h, usage("a", 6)).await, Rejection::InsufficientBalance);
+    assert_eq!(h.store.due_accounts(h.clock.now(), 10).await.unwrap(), vec![id("a")]);
+    ok(&h, Request::new(Command::Sweep { account: id("a") })).await;
+    assert!(h.store.due_accounts(h.clock.now(), 10).await.unwrap().is_empty());
+    let state = h.store.account(&id("a")).await.unwrap().unwrap();
+    assert_eq!(state.totals.expired, units(7));
+    assert_eq!(state.grants.len(), 1);
+    let newest = &h.store.events(&id("a"), None, 1).await.unwrap()[0].event;
+    assert_eq!(newest.kind, EventKind::GrantExpired);
+    assert_eq!(newest.at.millis(), T0 + 60_000, "the event carries the instant of expiry");
+}
+
+async fn holds_resolve_once(h: Harness) {
+    ok(&h, create("a")).await;
+    ok(&h, grant("a", 10, GrantExpiry::Never)).await;
+    let locked = ok(&h, lock("a", "h1", 4, 300)).await;
+    assert_eq!(locked.outcome.balance.available, units(6));
+    assert_eq!(locked.outcome.balance.held, units(4));
+    let settled = ok(&h, settle("a", "h1", 3)).await;
+    assert_eq!(settled.outcome.balance.available, units(7));
+    assert_eq!(settled.outcome.hold.unwrap().status, HoldStatus::Settled);
+    // The resolved hold is loaded from the database, not from memory.
+    assert_eq!(rejected(&h, settle("a", "h1", 1)).await, Rejection::HoldAlreadySettled);
+    let hold = h.store.hold("h1").await.unwrap().unwrap();
+    assert_eq!((hold.status, hold.settled_amount), (HoldStatus::Settled, units(3)));
+    // Expiry without a sweep.
+    ok(&h, lock("a", "h2", 5, 30)).await;
+    assert_eq!(available(&h, "a").await, units(2));
+    h.clock.advance_secs(30);
+    assert_eq!(available(&h, "a").await, units(7));
+    assert_eq!(rejected(&h, settle("a", "h2", 1)).await, Rejection::HoldExpired);
+    // A hold of another account is not found through this one.
+    ok(&h, create("b")).await;
+    assert_eq!(rejected(&h, settle("b", "h1", 1)).await, Rejection::HoldNotFound);
+    let held = h.store.holds(&id("a"), Some(HoldStatus::Held), h.clock.now(), 10).await.unwrap();
+    assert!(held.is_empty(), "{held:?}");
+    let expired = h.store.holds(&id("a"), Some(HoldStatus::Expired), h.clock.now(), 10).await.unwrap();
+    assert_eq!(expired.iter().map(|h| (h.id.as_str(), h.status)).collect::<Vec<_>>(), vec![("h2", HoldStatus::Expired)]);
+}
+
+async fn concurrent_usage_never_overspends(h: Harness) {
+    ok(&h, create("hot")).await;
+    ok(&h, grant("hot", 50, GrantExpiry::Never)).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = h.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = if i % 2 == 0 { usage("hot", 1) } else { keyed(usage("hot", 1), &format!("k{i}")) };
+            store.submit(r).await
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => accepted += 1,
+            Err(ExecError::Rejected(Rejection::InsufficientBalance)) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(accepted, 50);
+    let state = h.store.account(&id("hot")).await.unwrap().unwrap();
+    assert_eq!(state.totals.used, units(50));
+    assert_eq!(state.balance_at(h.clock.now()).available, Amount::ZERO);
+    assert_eq!(event_count(&h, "hot").await, 2 + 50);
+}
+
+async fn acknowledged_writes_survive_restart(h: Harness) {
+    ok(&h, create("a")).await;
+    ok(&h, grant("a", 10, GrantExpiry::AfterSecs(3600))).await;
+    ok(&h, lock("a", "h1", 2, 300)).await;
+    ok(&h, keyed(usage("a", 3), "k")).await;
+    let before = h.store.account(&id("a")).await.unwrap().unwrap();
+    drop(h.store);
+    let store = (h.reopen)();
+    let after = store.account(&id("a")).await.unwrap().unwrap();
+    assert_eq!(before, after);
+    let replay = store.submit(keyed(usage("a", 3), "k")).await.unwrap();
+    assert!(replay.replayed, "idempotency records survive a restart");
+}
+
+async fn purge_forgets_old_keys(h: Harness) {
+    ok(&h, create("a")).await;
+    ok(&h, grant("a", 10, GrantExpiry::Never)).await;
+    ok(&h, keyed(usage("a", 1), "old")).await;
+    h.clock.advance_secs(3600);
+    ok(&h, keyed(usage("a", 1), "new")).await;
+    let purged = h.store.purge_idempotency(Timestamp::from_millis(T0 + 1000)).await.unwrap();
+    assert_eq!(purged, 1);
+    assert!(ok(&h, keyed(usage("a", 1), "new")).await.replayed);
+    assert!(!ok(&h, keyed(usage("a", 1), "old")).await.replayed);
+}
+
+async fn settings_round_trip(h: Harness) {
+    assert_eq!(h.store.setting("x").await.unwrap(), None);
+    h.store.set_setting("x", "1").await.unwrap();
+    h.store.set_setting("x", "2").await.unwrap();
+    assert_eq!(h.store.setting("x").await.unwrap().as_deref(), Some("2"));
+}
+
+async fn accounts_page_by_id(h: Harness) {
+    for name in ["c", "a", "b"] {
+        ok(&h, create(name)).await;
+    }
+    let page = h.store.accounts(None, 2).await.unwrap();
+    let ids: Vec<_> = page.iter().map(|s| s.account.id.to_string()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    let page = h.store.accounts(Some(&id("b")), 2).await.unwrap();
+    assert_eq!(page.len(), 1);
+}
+
+/// Random sequences with repeated keys: every key applies exactly once, and
+/// the stored totals equal the sum of what was acknowledged.
+async fn random_retries_apply_once(h: Harness) {
+    ok(&h, create("a")).await;
+    ok(&h, grant("a", 1_000, GrantExpiry::Never)).await;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut applied = std::collections::HashMap::new();
+    for _ in 0..300 {
+        let key = format!("k{}", next() % 60);
+        let n = (key[1..].parse::<i64>().unwrap() % 7) + 1; // the same key always asks the same amount
+        let batch: Vec<Request> = (0..(next() % 4 + 1)).map(|_| keyed(usage("a", n), &key)).collect();
+        for r in h.store.submit_many(batch).await {
+            match r {
+                Ok(e) if !e.replayed => assert!(applied.insert(key.clone(), n).is_none(), "key {key} applied twice"),
+                Ok(_) | Err(ExecError::Rejected(Rejection::InsufficientBalance)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    let used: i64 = applied.values().sum();
+    let state = h.store.account(&id("a")).await.unwrap().unwrap();
+    assert_eq!(state.totals.used, units(used));
+    state.check_invariants().unwrap();
+}
+
+macro_rules! contract {
+    ($backend:ident: $($check:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(super::$backend()).await
+                }
+            )*
+        }
+    };
+}
+
+contract!(sqlite:
+    accounts_grants_and_usage,
+    idempotent_replay_applies_once,
+    duplicates_in_one_batch_apply_once,
+    batch_applies_in_order,
+    grants_expire_lazily_and_by_sweep,
+    holds_resolve_once,
+    concurrent_usage_never_overspends,
+    acknowledged_writes_survive_restart,
+    purge_forgets_old_keys,
+    settings_round_trip,
+    accounts_page_by_id,
+    random_retries_apply_once,
+);
