@@ -67,7 +67,8 @@ fn validate_id(text: &str) -> Result<(), IdError> {
     if text.len() > ID_BYTES_MAX {
         return Err(IdError::TooLong);
     }
-    let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@' | b'+');
+    let ok =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@' | b'+');
     if !text.bytes().all(ok) {
         return Err(IdError::BadCharacter);
     }
@@ -193,7 +194,10 @@ impl Grant {
 
     /// The draw order: earliest expiry first (never-expiring last), then oldest.
     pub(crate) fn draw_key(&self) -> (i64, u64) {
-        (self.expires_at.map_or(i64::MAX, Timestamp::millis), self.seq)
+        (
+            self.expires_at.map_or(i64::MAX, Timestamp::millis),
+            self.seq,
+        )
     }
 }
 
@@ -326,7 +330,11 @@ impl AccountState {
     /// The balance of already-advanced state.
     pub(crate) fn balance_materialised(&self) -> Balance {
         let available = sum(self.grants.iter().map(|g| g.remaining));
-        let held = sum(self.holds.iter().filter(|h| h.status == HoldStatus::Held).map(|h| h.amount));
+        let held = sum(self
+            .holds
+            .iter()
+            .filter(|h| h.status == HoldStatus::Held)
+            .map(|h| h.amount));
         Balance {
             granted: self.totals.granted,
             used: self.totals.used,
@@ -338,26 +346,38 @@ impl AccountState {
 
     /// Grants that still count at `now`, in draw order.
     pub fn live_grants_at(&self, now: Timestamp) -> impl Iterator<Item = &Grant> {
-        self.grants.iter().filter(move |g| !g.is_expired_at(now) && !g.remaining.is_zero())
+        self.grants
+            .iter()
+            .filter(move |g| !g.is_expired_at(now) && !g.remaining.is_zero())
     }
 
     /// Checks the ledger equation. Used by tests and debug assertions.
     pub fn check_invariants(&self) -> Result<(), String> {
         let b = self.balance_materialised();
         let parts = [b.used, b.held, b.available, b.expired];
-        let total = parts.iter().try_fold(Amount::ZERO, |acc, a| acc.checked_add(*a));
+        let total = parts
+            .iter()
+            .try_fold(Amount::ZERO, |acc, a| acc.checked_add(*a));
         if total != Some(b.granted) {
-            return Err(format!("granted {} != used {} + held {} + available {} + expired {}",
-                b.granted, b.used, b.held, b.available, b.expired));
+            return Err(format!(
+                "granted {} != used {} + held {} + available {} + expired {}",
+                b.granted, b.used, b.held, b.available, b.expired
+            ));
         }
         for g in &self.grants {
             if g.remaining > g.amount {
-                return Err(format!("grant {} has remaining {} above amount {}", g.id, g.remaining, g.amount));
+                return Err(format!(
+                    "grant {} has remaining {} above amount {}",
+                    g.id, g.remaining, g.amount
+                ));
             }
         }
         for h in self.holds.iter().filter(|h| h.status == HoldStatus::Held) {
             if sum(h.allocations.iter().map(|a| a.amount)) != h.amount {
-                return Err(format!("hold {} allocations do not sum to its amount", h.id));
+                return Err(format!(
+                    "hold {} allocations do not sum to its amount",
+                    h.id
+                ));
             }
         }
         Ok(())
@@ -367,5 +387,7 @@ impl AccountState {
 /// Sum of amounts that the ledger equation bounds by an account total, so it
 /// cannot pass [`Amount::MAX`]; saturates rather than panics if state is corrupt.
 pub(crate) fn sum(amounts: impl Iterator<Item = Amount>) -> Amount {
-    amounts.fold(Amount::ZERO, |acc, a| acc.checked_add(a).unwrap_or(Amount::MAX))
+    amounts.fold(Amount::ZERO, |acc, a| {
+        acc.checked_add(a).unwrap_or(Amount::MAX)
+    })
 }

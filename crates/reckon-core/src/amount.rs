@@ -217,7 +217,12 @@ mod tests {
 
     #[test]
     fn displays_shortest_exact_form() {
-        for (micros, text) in [(0, "0"), (1, "0.000001"), (12_500_000, "12.5"), (37_660_000, "37.66")] {
+        for (micros, text) in [
+            (0, "0"),
+            (1, "0.000001"),
+            (12_500_000, "12.5"),
+            (37_660_000, "37.66"),
+        ] {
             assert_eq!(Amount::from_micros(micros).unwrap().to_string(), text);
         }
     }
@@ -232,8 +237,14 @@ mod tests {
 
     #[test]
     fn arithmetic_is_checked() {
-        assert_eq!(Amount::MAX.checked_add(Amount::from_micros(1).unwrap()), None);
-        assert_eq!(Amount::ZERO.checked_sub(Amount::from_micros(1).unwrap()), None);
+        assert_eq!(
+            Amount::MAX.checked_add(Amount::from_micros(1).unwrap()),
+            None
+        );
+        assert_eq!(
+            Amount::ZERO.checked_sub(Amount::from_micros(1).unwrap()),
+            None
+        );
         assert_eq!(Amount::from_micros(-1), None);
     }
 }

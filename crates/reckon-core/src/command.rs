@@ -16,7 +16,9 @@ pub enum Command {
     Release(ReleaseCmd),
     /// Materialises every expiry due at `now` (grants, holds). Sent by the
     /// scheduler; a no-op when nothing is due.
-    Sweep { account: AccountId },
+    Sweep {
+        account: AccountId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,7 +149,12 @@ impl Command {
         match self {
             Command::CreateAccount(c) => format!(
                 "create_account|{}|{}|{}|{}|{}|{}",
-                c.id, c.unit.as_str(), ts(c.expires_at), c.timezone.as_deref().unwrap_or("-"), c.metadata, c.overage.as_str()
+                c.id,
+                c.unit.as_str(),
+                ts(c.expires_at),
+                c.timezone.as_deref().unwrap_or("-"),
+                c.metadata,
+                c.overage.as_str()
             ),
             Command::UpdateAccount(c) => format!(
                 "update_account|{}|{}|{}|{}|{}",
@@ -163,13 +170,22 @@ impl Command {
                     GrantExpiry::At(at) => at.millis().to_string(),
                     GrantExpiry::AfterSecs(secs) => format!("+{secs}s"),
                 };
-                format!("grant|{}|{}|{}|{}", c.account, c.amount.micros(), expiry, c.source)
+                format!(
+                    "grant|{}|{}|{}|{}",
+                    c.account,
+                    c.amount.micros(),
+                    expiry,
+                    c.source
+                )
             }
             Command::Usage(c) => format!("usage|{}|{}", c.account, c.amount.micros()),
             Command::Lock(c) => format!("lock|{}|{}|{}", c.account, c.amount.micros(), c.ttl_secs),
             Command::Settle(c) => format!(
                 "settle|{}|{}|{}|{}",
-                c.account, c.hold_id, c.amount.micros(), c.overage.map_or("-", OveragePolicy::as_str)
+                c.account,
+                c.hold_id,
+                c.amount.micros(),
+                c.overage.map_or("-", OveragePolicy::as_str)
             ),
             Command::Release(c) => format!("release|{}|{}", c.account, c.hold_id),
             Command::Sweep { account } => format!("sweep|{account}"),

@@ -12,12 +12,14 @@ use crate::account::{
     sum, AccountState, Allocation, Balance, Grant, Hold, HoldStatus, OveragePolicy,
     GRANTS_PER_ACCOUNT_MAX, HOLDS_PER_ACCOUNT_MAX,
 };
+use crate::account::{Account, AccountStatus};
 use crate::amount::Amount;
-use crate::command::{Command, CreateAccount, GrantCmd, LockCmd, ReleaseCmd, SettleCmd, UpdateAccount, UsageCmd};
+use crate::command::{
+    Command, CreateAccount, GrantCmd, LockCmd, ReleaseCmd, SettleCmd, UpdateAccount, UsageCmd,
+};
 use crate::event::{Event, EventKind};
 use crate::rejection::Rejection;
 use crate::time::Timestamp;
-use crate::account::{Account, AccountStatus};
 
 /// What a successful command produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +41,11 @@ pub struct Outcome {
 }
 
 /// Applies `command` to `state` (`None` when the account does not exist yet).
-pub fn apply(state: Option<&AccountState>, command: &Command, now: Timestamp) -> Result<Applied, Rejection> {
+pub fn apply(
+    state: Option<&AccountState>,
+    command: &Command,
+    now: Timestamp,
+) -> Result<Applied, Rejection> {
     let (mut next, mut events) = match (state, command) {
         (Some(_), Command::CreateAccount(_)) => return Err(Rejection::AccountExists),
         (None, Command::CreateAccount(c)) => (create_account(c, now), Vec::new()),
@@ -71,9 +77,22 @@ pub fn apply(state: Option<&AccountState>, command: &Command, now: Timestamp) ->
         Command::Sweep { .. } => (None, None),
     };
     prune(&mut next);
-    debug_assert_eq!(next.check_invariants(), Ok(()), "command {command:?} broke the ledger equation");
-    let outcome = Outcome { account: next.account.clone(), balance: next.balance_materialised(), grant, hold };
-    Ok(Applied { state: next, events, outcome })
+    debug_assert_eq!(
+        next.check_invariants(),
+        Ok(()),
+        "command {command:?} broke the ledger equation"
+    );
+    let outcome = Outcome {
+        account: next.account.clone(),
+        balance: next.balance_materialised(),
+        grant,
+        hold,
+    };
+    Ok(Applied {
+        state: next,
+        events,
+        outcome,
+    })
 }
 
 /// The read-only question "may this account spend `amount` now?".
@@ -88,7 +107,11 @@ pub struct Check {
 pub fn check(state: &AccountState, amount: Amount, now: Timestamp) -> Check {
     let available = state.balance_at(now).available;
     let reason = spend_refusal(state, amount, available, now).err();
-    Check { allowed: reason.is_none(), available, reason }
+    Check {
+        allowed: reason.is_none(),
+        available,
+        reason,
+    }
 }
 
 /// Materialises every expiry due at `now`, oldest first, and returns the
@@ -112,11 +135,17 @@ pub fn advance(state: &mut AccountState, now: Timestamp) -> Vec<Event> {
             .filter_map(|(i, g)| g.expires_at.filter(|at| *at <= now).map(|at| (at, i)))
             .min();
         match (hold, grant) {
-            (Some((hold_at, i)), grant) if grant.is_none_or(|(grant_at, _)| hold_at <= grant_at) => {
+            (Some((hold_at, i)), grant)
+                if grant.is_none_or(|(grant_at, _)| hold_at <= grant_at) =>
+            {
                 let hold = &mut state.holds[i];
                 hold.status = HoldStatus::Expired;
                 hold.resolved_at = Some(hold_at);
-                let (amount, hold_id, allocations) = (hold.amount, hold.id.clone(), std::mem::take(&mut hold.allocations));
+                let (amount, hold_id, allocations) = (
+                    hold.amount,
+                    hold.id.clone(),
+                    std::mem::take(&mut hold.allocations),
+                );
                 return_allocations(state, allocations);
                 let mut e = event(state, EventKind::HoldExpired, amount, hold_at);
                 e.hold_id = Some(hold_id);
@@ -168,7 +197,12 @@ fn update_account(state: &mut AccountState, c: &UpdateAccount, now: Timestamp) {
     account.updated_at = now;
 }
 
-fn grant(state: &mut AccountState, c: &GrantCmd, now: Timestamp, events: &mut Vec<Event>) -> Result<Grant, Rejection> {
+fn grant(
+    state: &mut AccountState,
+    c: &GrantCmd,
+    now: Timestamp,
+    events: &mut Vec<Event>,
+) -> Result<Grant, Rejection> {
     if c.amount.is_zero() {
         return Err(Rejection::InvalidAmount);
     }
@@ -179,7 +213,11 @@ fn grant(state: &mut AccountState, c: &GrantCmd, now: Timestamp, events: &mut Ve
     if state.grants.len() >= GRANTS_PER_ACCOUNT_MAX {
         return Err(Rejection::TooManyGrants);
     }
-    state.totals.granted = state.totals.granted.checked_add(c.amount).ok_or(Rejection::AmountOverflow)?;
+    state.totals.granted = state
+        .totals
+        .granted
+        .checked_add(c.amount)
+        .ok_or(Rejection::AmountOverflow)?;
     let grant = Grant {
         id: c.grant_id.clone(),
         seq: state.next_grant_seq,
@@ -191,7 +229,9 @@ fn grant(state: &mut AccountState, c: &GrantCmd, now: Timestamp, events: &mut Ve
     };
     state.next_grant_seq += 1;
     // Keep `grants` in draw order so every draw is one forward pass.
-    let at = state.grants.partition_point(|g| g.draw_key() <= grant.draw_key());
+    let at = state
+        .grants
+        .partition_point(|g| g.draw_key() <= grant.draw_key());
     state.grants.insert(at, grant.clone());
     let mut e = event(state, EventKind::Granted, c.amount, now);
     e.grant_id = Some(grant.id.clone());
@@ -199,7 +239,12 @@ fn grant(state: &mut AccountState, c: &GrantCmd, now: Timestamp, events: &mut Ve
     Ok(grant)
 }
 
-fn usage(state: &mut AccountState, c: &UsageCmd, now: Timestamp, events: &mut Vec<Event>) -> Result<(), Rejection> {
+fn usage(
+    state: &mut AccountState,
+    c: &UsageCmd,
+    now: Timestamp,
+    events: &mut Vec<Event>,
+) -> Result<(), Rejection> {
     let available = state.balance_materialised().available;
     spend_refusal(state, c.amount, available, now)?;
     draw(state, c.amount);
@@ -208,13 +253,22 @@ fn usage(state: &mut AccountState, c: &UsageCmd, now: Timestamp, events: &mut Ve
     Ok(())
 }
 
-fn lock(state: &mut AccountState, c: &LockCmd, now: Timestamp, events: &mut Vec<Event>) -> Result<Hold, Rejection> {
+fn lock(
+    state: &mut AccountState,
+    c: &LockCmd,
+    now: Timestamp,
+    events: &mut Vec<Event>,
+) -> Result<Hold, Rejection> {
     let available = state.balance_materialised().available;
     spend_refusal(state, c.amount, available, now)?;
     if c.ttl_secs == 0 {
         return Err(Rejection::ExpiryInPast);
     }
-    let open = state.holds.iter().filter(|h| h.status == HoldStatus::Held).count();
+    let open = state
+        .holds
+        .iter()
+        .filter(|h| h.status == HoldStatus::Held)
+        .count();
     if open >= HOLDS_PER_ACCOUNT_MAX {
         return Err(Rejection::TooManyHolds);
     }
@@ -237,7 +291,12 @@ fn lock(state: &mut AccountState, c: &LockCmd, now: Timestamp, events: &mut Vec<
     Ok(hold)
 }
 
-fn settle(state: &mut AccountState, c: &SettleCmd, now: Timestamp, events: &mut Vec<Event>) -> Result<Hold, Rejection> {
+fn settle(
+    state: &mut AccountState,
+    c: &SettleCmd,
+    now: Timestamp,
+    events: &mut Vec<Event>,
+) -> Result<Hold, Rejection> {
     let i = open_hold(state, &c.hold_id)?;
     let held = state.holds[i].amount;
     let charge = if c.amount <= held {
@@ -282,7 +341,12 @@ fn settle(state: &mut AccountState, c: &SettleCmd, now: Timestamp, events: &mut 
     Ok(hold)
 }
 
-fn release(state: &mut AccountState, c: &ReleaseCmd, now: Timestamp, events: &mut Vec<Event>) -> Result<Hold, Rejection> {
+fn release(
+    state: &mut AccountState,
+    c: &ReleaseCmd,
+    now: Timestamp,
+    events: &mut Vec<Event>,
+) -> Result<Hold, Rejection> {
     let i = open_hold(state, &c.hold_id)?;
     let allocations = std::mem::take(&mut state.holds[i].allocations);
     return_allocations(state, allocations);
@@ -299,7 +363,11 @@ fn release(state: &mut AccountState, c: &ReleaseCmd, now: Timestamp, events: &mu
 /// The hold's index if it can still be resolved. Runs after [`advance`], so a
 /// hold past its expiry already reads `Expired`.
 fn open_hold(state: &AccountState, hold_id: &str) -> Result<usize, Rejection> {
-    let i = state.holds.iter().position(|h| h.id == hold_id).ok_or(Rejection::HoldNotFound)?;
+    let i = state
+        .holds
+        .iter()
+        .position(|h| h.id == hold_id)
+        .ok_or(Rejection::HoldNotFound)?;
     match state.holds[i].status {
         HoldStatus::Held => Ok(i),
         HoldStatus::Settled => Err(Rejection::HoldAlreadySettled),
@@ -309,7 +377,12 @@ fn open_hold(state: &AccountState, hold_id: &str) -> Result<usize, Rejection> {
 }
 
 /// Why the account may not spend `amount` now, in a fixed order.
-fn spend_refusal(state: &AccountState, amount: Amount, available: Amount, now: Timestamp) -> Result<(), Rejection> {
+fn spend_refusal(
+    state: &AccountState,
+    amount: Amount,
+    available: Amount,
+    now: Timestamp,
+) -> Result<(), Rejection> {
     if amount.is_zero() {
         return Err(Rejection::InvalidAmount);
     }
@@ -340,9 +413,15 @@ fn draw(state: &mut AccountState, amount: Amount) -> Vec<Allocation> {
         }
         g.remaining = g.remaining.saturating_sub(take);
         left = left.saturating_sub(take);
-        taken.push(Allocation { grant_id: g.id.clone(), amount: take });
+        taken.push(Allocation {
+            grant_id: g.id.clone(),
+            amount: take,
+        });
     }
-    assert!(left.is_zero(), "draw of {amount} ran out of grants: callers check the available balance first");
+    assert!(
+        left.is_zero(),
+        "draw of {amount} ran out of grants: callers check the available balance first"
+    );
     taken
 }
 
@@ -365,7 +444,9 @@ fn prune(state: &mut AccountState) {
     let holds = &state.holds;
     state.grants.retain(|g| {
         !g.remaining.is_zero()
-            || holds.iter().any(|h| h.status == HoldStatus::Held && h.allocations.iter().any(|a| a.grant_id == g.id))
+            || holds.iter().any(|h| {
+                h.status == HoldStatus::Held && h.allocations.iter().any(|a| a.grant_id == g.id)
+            })
     });
 }
 
@@ -383,5 +464,6 @@ fn event(state: &AccountState, kind: EventKind, amount: Amount, at: Timestamp) -
 /// Addition of two parts of one account's ledger equation: both are bounded
 /// by the account's granted total, which is itself at most `Amount::MAX`.
 fn add(a: Amount, b: Amount) -> Amount {
-    a.checked_add(b).expect("parts of the ledger equation never exceed the granted total")
+    a.checked_add(b)
+        .expect("parts of the ledger equation never exceed the granted total")
 }

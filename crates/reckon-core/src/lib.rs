@@ -24,11 +24,14 @@ pub mod rejection;
 pub mod time;
 
 pub use account::{
-    Account, AccountId, AccountState, AccountStatus, Allocation, Balance, Grant, Hold, HoldStatus, IdError,
-    OveragePolicy, Totals, Unit,
+    Account, AccountId, AccountState, AccountStatus, Allocation, Balance, Grant, Hold, HoldStatus,
+    IdError, OveragePolicy, Totals, Unit,
 };
 pub use amount::{Amount, AmountError};
-pub use command::{Command, CreateAccount, GrantCmd, GrantExpiry, LockCmd, ReleaseCmd, SettleCmd, UpdateAccount, UsageCmd};
+pub use command::{
+    Command, CreateAccount, GrantCmd, GrantExpiry, LockCmd, ReleaseCmd, SettleCmd, UpdateAccount,
+    UsageCmd,
+};
 pub use event::{Event, EventKind};
 pub use ledger::{apply, check, Applied, Check, Outcome};
 pub use rejection::Rejection;

@@ -84,20 +84,36 @@ impl Model {
     /// Eagerly expire everything due at `now`, one instant at a time.
     fn tick(&mut self, now: i64) {
         loop {
-            let h = self.holds.iter().filter(|h| h.st == St::Held && h.expires <= now).map(|h| h.expires).min();
-            let g = self.grants.iter().filter(|g| !g.gone && g.expires.is_some_and(|e| e <= now)).map(|g| g.expires.unwrap()).min();
+            let h = self
+                .holds
+                .iter()
+                .filter(|h| h.st == St::Held && h.expires <= now)
+                .map(|h| h.expires)
+                .min();
+            let g = self
+                .grants
+                .iter()
+                .filter(|g| !g.gone && g.expires.is_some_and(|e| e <= now))
+                .map(|g| g.expires.unwrap())
+                .min();
             let instant = match (h, g) {
                 (None, None) => return,
                 (a, b) => a.into_iter().chain(b).min().unwrap(),
             };
             // Holds at this instant first, then grants.
-            let due: Vec<usize> = (0..self.holds.len()).filter(|&i| self.holds[i].st == St::Held && self.holds[i].expires == instant).collect();
+            let due: Vec<usize> = (0..self.holds.len())
+                .filter(|&i| self.holds[i].st == St::Held && self.holds[i].expires == instant)
+                .collect();
             for i in due {
                 self.holds[i].st = St::Expired;
                 let allocs = std::mem::take(&mut self.holds[i].allocs);
                 self.give_back(allocs);
             }
-            for g in self.grants.iter_mut().filter(|g| !g.gone && g.expires == Some(instant)) {
+            for g in self
+                .grants
+                .iter_mut()
+                .filter(|g| !g.gone && g.expires == Some(instant))
+            {
                 g.gone = true;
                 self.expired += g.remaining;
                 g.remaining = 0;
@@ -106,16 +122,31 @@ impl Model {
     }
 
     fn available(&self) -> i64 {
-        self.grants.iter().filter(|g| !g.gone).map(|g| g.remaining).sum()
+        self.grants
+            .iter()
+            .filter(|g| !g.gone)
+            .map(|g| g.remaining)
+            .sum()
     }
 
     fn held(&self) -> i64 {
-        self.holds.iter().filter(|h| h.st == St::Held).map(|h| h.amount).sum()
+        self.holds
+            .iter()
+            .filter(|h| h.st == St::Held)
+            .map(|h| h.amount)
+            .sum()
     }
 
     fn draw(&mut self, mut amount: i64) -> Vec<(String, i64)> {
-        let mut order: Vec<usize> = (0..self.grants.len()).filter(|&i| !self.grants[i].gone).collect();
-        order.sort_by_key(|&i| (self.grants[i].expires.unwrap_or(i64::MAX), self.grants[i].seq));
+        let mut order: Vec<usize> = (0..self.grants.len())
+            .filter(|&i| !self.grants[i].gone)
+            .collect();
+        order.sort_by_key(|&i| {
+            (
+                self.grants[i].expires.unwrap_or(i64::MAX),
+                self.grants[i].seq,
+            )
+        });
         let mut taken = Vec::new();
         for i in order {
             let take = self.grants[i].remaining.min(amount);
@@ -142,7 +173,11 @@ impl Model {
     }
 
     fn hold_index(&self, id: &str) -> Result<usize, Rejection> {
-        let i = self.holds.iter().position(|h| h.id == id).ok_or(Rejection::HoldNotFound)?;
+        let i = self
+            .holds
+            .iter()
+            .position(|h| h.id == id)
+            .ok_or(Rejection::HoldNotFound)?;
         match self.holds[i].st {
             St::Held => Ok(i),
             St::Settled => Err(Rejection::HoldAlreadySettled),

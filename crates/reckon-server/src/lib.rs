@@ -1,1 +1,160 @@
+//! # reckon-server: Reckon over HTTP
+//!
+//! - [`native`]: the native `/v1` API, one file per area (accounts, grants,
+//!   usage, events), each owning its routes.
+//! - [`auth`]: API keys, scopes and the extractors that enforce them.
+//! - [`wire`]: parsing at the boundary (exact amounts, times, ids, limits)
+//!   and the JSON body extractor; [`views`]: what responses look like.
+//! - [`error`]: the one error type and its status codes.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers, and `/docs`.
+//! - [`scheduler`]: wakes up to sweep expiries and old idempotency keys;
+//!   it only submits ordinary commands.
+//! - [`config`]: typed settings from flags and environment.
+//!
+//! Start a server with [`serve`] on any listener (tests bind port 0).
 
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod native;
+pub mod openapi;
+pub mod scheduler;
+pub mod startup;
+pub mod views;
+pub mod wire;
+
+use crate::error::ApiResult;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use reckon_core::Timestamp;
+use reckon_store::{Clock, Executed, Request, Store};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+pub use auth::Keys;
+pub use config::Config;
+
+/// Settings handlers need at request time.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// TTL of a hold that names none.
+    pub hold_ttl_default_secs: u64,
+    /// Longest TTL a hold may ask for.
+    pub hold_ttl_max_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            hold_ttl_default_secs: 300,
+            hold_ttl_max_secs: 24 * 3600,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub keys: Arc<Keys>,
+    pub limits: Arc<Limits>,
+}
+
+impl AppState {
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Submits one request to the executor and waits until it is durable.
+    pub async fn execute(&self, request: Request) -> ApiResult<Executed> {
+        Ok(self.store.submit(request).await?)
+    }
+}
+
+/// Header set on a response that replays an earlier request's answer.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// Adds the replay header where it applies.
+pub fn with_replay_flag(executed: &Executed, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    if executed.replayed {
+        response.headers_mut().insert(
+            HeaderName::from_static(REPLAYED_HEADER),
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+    version: &'static str,
+}
+
+/// Liveness; needs no key.
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState, cors_origins: &[String]) -> Router {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .merge(native::router())
+        .with_state(state)
+        .merge(openapi::router())
+        .layer(DefaultBodyLimit::max(wire::BODY_BYTES_MAX))
+        .layer(TraceLayer::new_for_http());
+    match cors(cors_origins) {
+        Some(layer) => app.layer(layer),
+        None => app,
+    }
+}
+
+/// CORS for browser dashboards: `*` allows any origin, otherwise the list.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers(tower_http::cors::Any),
+    )
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops taking
+/// connections and lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A fresh random id (UUID v4) for grants and holds.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

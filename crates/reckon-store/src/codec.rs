@@ -4,8 +4,8 @@
 
 use crate::error::StoreError;
 use reckon_core::{
-    Account, AccountId, AccountStatus, Allocation, Amount, Balance, Grant, Hold, HoldStatus, Outcome, OveragePolicy,
-    Timestamp, Unit,
+    Account, AccountId, AccountStatus, Allocation, Amount, Balance, Grant, Hold, HoldStatus,
+    Outcome, OveragePolicy, Timestamp, Unit,
 };
 use serde_json::{json, Map, Value};
 
@@ -14,7 +14,8 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 pub fn amount(micros: i64) -> Result<Amount, StoreError> {
-    Amount::from_micros(micros).ok_or_else(|| StoreError::Corrupt(format!("amount {micros} out of range")))
+    Amount::from_micros(micros)
+        .ok_or_else(|| StoreError::Corrupt(format!("amount {micros} out of range")))
 }
 
 pub fn account_id(text: &str) -> Result<AccountId, StoreError> {
@@ -24,7 +25,10 @@ pub fn account_id(text: &str) -> Result<AccountId, StoreError> {
 /// `grant_id=micros;grant_id=micros`. Grant ids never contain `=` or `;`
 /// (they are UUIDs or validated ids).
 pub fn encode_allocations(allocations: &[Allocation]) -> String {
-    let parts: Vec<String> = allocations.iter().map(|a| format!("{}={}", a.grant_id, a.amount.micros())).collect();
+    let parts: Vec<String> = allocations
+        .iter()
+        .map(|a| format!("{}={}", a.grant_id, a.amount.micros()))
+        .collect();
     parts.join(";")
 }
 
@@ -36,7 +40,10 @@ pub fn decode_allocations(text: &str) -> Result<Vec<Allocation>, StoreError> {
         .map(|part| {
             let (grant_id, micros) = part.split_once('=').ok_or_else(|| corrupt("allocation"))?;
             let micros: i64 = micros.parse().map_err(|_| corrupt("allocation amount"))?;
-            Ok(Allocation { grant_id: grant_id.to_owned(), amount: amount(micros)? })
+            Ok(Allocation {
+                grant_id: grant_id.to_owned(),
+                amount: amount(micros)?,
+            })
         })
         .collect()
 }
@@ -60,7 +67,10 @@ fn get_str<'a>(v: &'a Value, field: &str) -> Result<&'a str, StoreError> {
 fn get_ts(v: &Value, field: &str) -> Result<Option<Timestamp>, StoreError> {
     match get(v, field)? {
         Value::Null => Ok(None),
-        x => x.as_i64().map(|ms| Some(Timestamp::from_millis(ms))).ok_or_else(|| corrupt(field)),
+        x => x
+            .as_i64()
+            .map(|ms| Some(Timestamp::from_millis(ms)))
+            .ok_or_else(|| corrupt(field)),
     }
 }
 
@@ -150,7 +160,8 @@ pub fn decode_outcome(text: &str) -> Result<Outcome, StoreError> {
             id: get_str(h, "id")?.to_owned(),
             account_id: account_id(get_str(h, "account_id")?)?,
             amount: get_amount(h, "amount")?,
-            status: HoldStatus::parse(get_str(h, "status")?).ok_or_else(|| corrupt("hold status"))?,
+            status: HoldStatus::parse(get_str(h, "status")?)
+                .ok_or_else(|| corrupt("hold status"))?,
             expires_at: Timestamp::from_millis(get_i64(h, "expires_at")?),
             allocations: decode_allocations(get_str(h, "allocations")?)?,
             settled_amount: get_amount(h, "settled_amount")?,
@@ -158,5 +169,10 @@ pub fn decode_outcome(text: &str) -> Result<Outcome, StoreError> {
             resolved_at: get_ts(h, "resolved_at")?,
         }),
     };
-    Ok(Outcome { account, balance, grant, hold })
+    Ok(Outcome {
+        account,
+        balance,
+        grant,
+        hold,
+    })
 }

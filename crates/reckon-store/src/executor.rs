@@ -40,13 +40,20 @@ pub fn plan(requests: &[Request]) -> Plan {
         let id = r.account_id();
         accounts.insert(id.clone());
         if let Some(hold) = r.command.target_hold() {
-            target_holds.entry(id.clone()).or_default().insert(hold.to_owned());
+            target_holds
+                .entry(id.clone())
+                .or_default()
+                .insert(hold.to_owned());
         }
         if let Some(k) = &r.idempotency_key {
             keys.insert((id.clone(), k.as_str().to_owned()));
         }
     }
-    Plan { accounts: accounts.into_iter().collect(), target_holds, idempotency_keys: keys.into_iter().collect() }
+    Plan {
+        accounts: accounts.into_iter().collect(),
+        target_holds,
+        idempotency_keys: keys.into_iter().collect(),
+    }
 }
 
 /// A stored idempotency record: the request's fingerprint and its answer.
@@ -111,12 +118,18 @@ pub fn apply_batch(
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
         let id = request.account_id();
-        let key = request.idempotency_key.as_ref().map(|k| (id.clone(), k.as_str().to_owned()));
+        let key = request
+            .idempotency_key
+            .as_ref()
+            .map(|k| (id.clone(), k.as_str().to_owned()));
         let fingerprint = key.as_ref().map(|_| request.fingerprint());
         if let (Some(key), Some(fingerprint)) = (&key, &fingerprint) {
             if let Some(record) = prefetched.idempotency.get(key) {
                 results.push(if &record.fingerprint == fingerprint {
-                    Ok(Executed { outcome: record.outcome.clone(), replayed: true })
+                    Ok(Executed {
+                        outcome: record.outcome.clone(),
+                        replayed: true,
+                    })
                 } else {
                     Err(ExecError::IdempotencyConflict)
                 });
@@ -137,21 +150,37 @@ pub fn apply_batch(
                     });
                 }
                 if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
-                    let record = IdempotencyRecord { fingerprint, outcome: applied.outcome.clone() };
+                    let record = IdempotencyRecord {
+                        fingerprint,
+                        outcome: applied.outcome.clone(),
+                    };
                     prefetched.idempotency.insert(key.clone(), record.clone());
-                    writes.idempotency.push(IdempotencyWrite { account_id: key.0, key: key.1, record, created_at: now });
+                    writes.idempotency.push(IdempotencyWrite {
+                        account_id: key.0,
+                        key: key.1,
+                        record,
+                        created_at: now,
+                    });
                 }
                 prefetched.accounts.insert(id.clone(), applied.state);
-                results.push(Ok(Executed { outcome: applied.outcome, replayed: false }));
+                results.push(Ok(Executed {
+                    outcome: applied.outcome,
+                    replayed: false,
+                }));
             }
         }
     }
     for (id, before) in before {
-        let after = prefetched.accounts.remove(&id).expect("every changed account is in the prefetched map");
+        let after = prefetched
+            .accounts
+            .remove(&id)
+            .expect("every changed account is in the prefetched map");
         writes.accounts.push(AccountWrite { before, after });
     }
     // A stable write order keeps row locks on shared backends in one order too.
-    writes.accounts.sort_by(|a, b| a.after.account.id.cmp(&b.after.account.id));
+    writes
+        .accounts
+        .sort_by(|a, b| a.after.account.id.cmp(&b.after.account.id));
     (results, writes)
 }
 
@@ -160,6 +189,10 @@ pub fn apply_batch(
 /// accounts with an index instead of a scan.
 pub fn next_due(state: &AccountState) -> Option<Timestamp> {
     let grants = state.grants.iter().filter_map(|g| g.expires_at);
-    let holds = state.holds.iter().filter(|h| h.status == reckon_core::HoldStatus::Held).map(|h| h.expires_at);
+    let holds = state
+        .holds
+        .iter()
+        .filter(|h| h.status == reckon_core::HoldStatus::Held)
+        .map(|h| h.expires_at);
     grants.chain(holds).min()
 }

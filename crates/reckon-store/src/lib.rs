@@ -41,17 +41,29 @@ pub trait Store: Send + Sync + 'static {
     fn submit(&self, request: Request) -> BoxFuture<'_, Result<Executed, ExecError>>;
 
     /// Executes requests in order, committed together; one answer each.
-    fn submit_many(&self, requests: Vec<Request>) -> BoxFuture<'_, Vec<Result<Executed, ExecError>>>;
+    fn submit_many(
+        &self,
+        requests: Vec<Request>,
+    ) -> BoxFuture<'_, Vec<Result<Executed, ExecError>>>;
 
     /// The account's stored state (expiries not yet materialised: use
     /// `AccountState::balance_at` to read a balance).
     fn account(&self, id: &AccountId) -> BoxFuture<'_, Result<Option<AccountState>, StoreError>>;
 
     /// Accounts ordered by id, after `after`, at most `limit`.
-    fn accounts(&self, after: Option<&AccountId>, limit: usize) -> BoxFuture<'_, Result<Vec<AccountState>, StoreError>>;
+    fn accounts(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<AccountState>, StoreError>>;
 
     /// Events of one account, newest first, with `seq < before`.
-    fn events(&self, id: &AccountId, before: Option<i64>, limit: usize) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
+    fn events(
+        &self,
+        id: &AccountId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
 
     /// One hold, in whatever status it is.
     fn hold(&self, hold_id: &str) -> BoxFuture<'_, Result<Option<Hold>, StoreError>>;
@@ -67,7 +79,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<Hold>, StoreError>>;
 
     /// Accounts with an expiry due at or before `now`, for the sweeper.
-    fn due_accounts(&self, now: Timestamp, limit: usize) -> BoxFuture<'_, Result<Vec<AccountId>, StoreError>>;
+    fn due_accounts(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<AccountId>, StoreError>>;
 
     /// Deletes idempotency records created before `before`; returns how many.
     fn purge_idempotency(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>>;

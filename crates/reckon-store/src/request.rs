@@ -48,7 +48,11 @@ pub struct Request {
 
 impl Request {
     pub fn new(command: Command) -> Request {
-        Request { command, idempotency_key: None, attributes: None }
+        Request {
+            command,
+            idempotency_key: None,
+            attributes: None,
+        }
     }
 
     pub fn account_id(&self) -> &AccountId {

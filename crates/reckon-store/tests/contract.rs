@@ -61,15 +61,28 @@ fn grant(name: &str, n: i64, expiry: GrantExpiry) -> Request {
 }
 
 fn usage(name: &str, n: i64) -> Request {
-    Request::new(Command::Usage(UsageCmd { account: id(name), amount: units(n) }))
+    Request::new(Command::Usage(UsageCmd {
+        account: id(name),
+        amount: units(n),
+    }))
 }
 
 fn lock(name: &str, hold: &str, n: i64, ttl_secs: u64) -> Request {
-    Request::new(Command::Lock(LockCmd { account: id(name), hold_id: hold.into(), amount: units(n), ttl_secs }))
+    Request::new(Command::Lock(LockCmd {
+        account: id(name),
+        hold_id: hold.into(),
+        amount: units(n),
+        ttl_secs,
+    }))
 }
 
 fn settle(name: &str, hold: &str, n: i64) -> Request {
-    Request::new(Command::Settle(SettleCmd { account: id(name), hold_id: hold.into(), amount: units(n), overage: None }))
+    Request::new(Command::Settle(SettleCmd {
+        account: id(name),
+        hold_id: hold.into(),
+        amount: units(n),
+        overage: None,
+    }))
 }
 
 fn keyed(mut r: Request, key: &str) -> Request {
@@ -86,7 +99,10 @@ fn uuid() -> String {
 
 async fn ok(h: &Harness, r: Request) -> Executed {
     let what = format!("{:?}", r.command);
-    h.store.submit(r).await.unwrap_or_else(|e| panic!("{what}: {e}"))
+    h.store
+        .submit(r)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 async fn rejected(h: &Harness, r: Request) -> Rejection {
@@ -102,7 +118,11 @@ async fn available(h: &Harness, name: &str) -> Amount {
 }
 
 async fn event_count(h: &Harness, name: &str) -> usize {
-    h.store.events(&id(name), None, PAGE_SIZE_MAX).await.unwrap().len()
+    h.store
+        .events(&id(name), None, PAGE_SIZE_MAX)
+        .await
+        .unwrap()
+        .len()
 }
 
 // ---- the checks -------------------------------------------------------------
@@ -110,22 +130,44 @@ async fn event_count(h: &Harness, name: &str) -> usize {
 async fn accounts_grants_and_usage(h: Harness) {
     ok(&h, create("a")).await;
     assert_eq!(rejected(&h, create("a")).await, Rejection::AccountExists);
-    assert_eq!(rejected(&h, usage("nobody", 1)).await, Rejection::AccountNotFound);
+    assert_eq!(
+        rejected(&h, usage("nobody", 1)).await,
+        Rejection::AccountNotFound
+    );
     ok(&h, grant("a", 10, GrantExpiry::Never)).await;
     let e = ok(&h, usage("a", 4)).await;
     assert_eq!(e.outcome.balance.available, units(6));
     assert_eq!(e.outcome.balance.used, units(4));
     assert_eq!(available(&h, "a").await, units(6));
-    assert_eq!(rejected(&h, usage("a", 7)).await, Rejection::InsufficientBalance);
+    assert_eq!(
+        rejected(&h, usage("a", 7)).await,
+        Rejection::InsufficientBalance
+    );
     assert_eq!(available(&h, "a").await, units(6));
     // created, granted, used: the rejection left no event.
     assert_eq!(event_count(&h, "a").await, 3);
     let events = h.store.events(&id("a"), None, 10).await.unwrap();
     let kinds: Vec<_> = events.iter().map(|e| e.event.kind).collect();
-    assert_eq!(kinds, vec![EventKind::Used, EventKind::Granted, EventKind::AccountCreated], "newest first");
+    assert_eq!(
+        kinds,
+        vec![
+            EventKind::Used,
+            EventKind::Granted,
+            EventKind::AccountCreated
+        ],
+        "newest first"
+    );
     assert_eq!(events[0].event.available_after, units(6));
-    let page = h.store.events(&id("a"), Some(events[0].seq), 1).await.unwrap();
-    assert_eq!(page[0].event.kind, EventKind::Granted, "pagination continues below the cursor");
+    let page = h
+        .store
+        .events(&id("a"), Some(events[0].seq), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        page[0].event.kind,
+        EventKind::Granted,
+        "pagination continues below the cursor"
+    );
 }
 
 async fn idempotent_replay_applies_once(h: Harness) {
@@ -135,7 +177,10 @@ async fn idempotent_replay_applies_once(h: Harness) {
     assert!(!first.replayed);
     let again = ok(&h, keyed(usage("a", 3), "k1")).await;
     assert!(again.replayed);
-    assert_eq!(again.outcome, first.outcome, "a replay answers what the first call answered");
+    assert_eq!(
+        again.outcome, first.outcome,
+        "a replay answers what the first call answered"
+    );
     assert_eq!(available(&h, "a").await, units(7));
     match h.store.submit(keyed(usage("a", 4), "k1")).await {
         Err(ExecError::IdempotencyConflict) => {}
@@ -151,7 +196,10 @@ async fn idempotent_replay_applies_once(h: Harness) {
     assert!(g2.replayed);
     assert_eq!(g1.outcome.grant.unwrap().id, g2.outcome.grant.unwrap().id);
     // A rejected request stores nothing: the same key works once the balance allows.
-    assert_eq!(rejected(&h, keyed(usage("b", 50), "later")).await, Rejection::InsufficientBalance);
+    assert_eq!(
+        rejected(&h, keyed(usage("b", 50), "later")).await,
+        Rejection::InsufficientBalance
+    );
     ok(&h, grant("b", 100, GrantExpiry::Never)).await;
     assert!(!ok(&h, keyed(usage("b", 50), "later")).await.replayed);
 }
@@ -161,9 +209,16 @@ async fn duplicates_in_one_batch_apply_once(h: Harness) {
     ok(&h, grant("a", 10, GrantExpiry::Never)).await;
     let results = h
         .store
-        .submit_many(vec![keyed(usage("a", 2), "same"), keyed(usage("a", 2), "same"), usage("a", 1)])
+        .submit_many(vec![
+            keyed(usage("a", 2), "same"),
+            keyed(usage("a", 2), "same"),
+            usage("a", 1),
+        ])
         .await;
-    let flags: Vec<bool> = results.iter().map(|r| r.as_ref().unwrap().replayed).collect();
+    let flags: Vec<bool> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap().replayed)
+        .collect();
     assert_eq!(flags, vec![false, true, false]);
     assert_eq!(available(&h, "a").await, units(7));
 }
@@ -171,10 +226,18 @@ async fn duplicates_in_one_batch_apply_once(h: Harness) {
 async fn batch_applies_in_order(h: Harness) {
     let results = h
         .store
-        .submit_many(vec![create("a"), grant("a", 5, GrantExpiry::Never), usage("a", 5), usage("a", 1)])
+        .submit_many(vec![
+            create("a"),
+            grant("a", 5, GrantExpiry::Never),
+            usage("a", 5),
+            usage("a", 1),
+        ])
         .await;
     assert!(results[..3].iter().all(Result::is_ok));
-    assert!(matches!(results[3], Err(ExecError::Rejected(Rejection::InsufficientBalance))));
+    assert!(matches!(
+        results[3],
+        Err(ExecError::Rejected(Rejection::InsufficientBalance))
+    ));
 }
 
 async fn grants_expire_lazily_and_by_sweep(h: Harness) {
@@ -182,20 +245,40 @@ async fn grants_expire_lazily_and_by_sweep(h: Harness) {
     ok(&h, grant("a", 10, GrantExpiry::AfterSecs(60))).await;
     ok(&h, grant("a", 5, GrantExpiry::Never)).await;
     ok(&h, usage("a", 3)).await; // drawn from the expiring grant
-    assert!(h.store.due_accounts(h.clock.now(), 10).await.unwrap().is_empty());
+    assert!(h
+        .store
+        .due_accounts(h.clock.now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
     h.clock.advance_secs(60);
     // No sweep ran, yet the expired grant no longer counts.
     assert_eq!(available(&h, "a").await, units(5));
-    assert_eq!(rejected(&h, usage("a", 6)).await, Rejection::InsufficientBalance);
-    assert_eq!(h.store.due_accounts(h.clock.now(), 10).await.unwrap(), vec![id("a")]);
+    assert_eq!(
+        rejected(&h, usage("a", 6)).await,
+        Rejection::InsufficientBalance
+    );
+    assert_eq!(
+        h.store.due_accounts(h.clock.now(), 10).await.unwrap(),
+        vec![id("a")]
+    );
     ok(&h, Request::new(Command::Sweep { account: id("a") })).await;
-    assert!(h.store.due_accounts(h.clock.now(), 10).await.unwrap().is_empty());
+    assert!(h
+        .store
+        .due_accounts(h.clock.now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
     let state = h.store.account(&id("a")).await.unwrap().unwrap();
     assert_eq!(state.totals.expired, units(7));
     assert_eq!(state.grants.len(), 1);
     let newest = &h.store.events(&id("a"), None, 1).await.unwrap()[0].event;
     assert_eq!(newest.kind, EventKind::GrantExpired);
-    assert_eq!(newest.at.millis(), T0 + 60_000, "the event carries the instant of expiry");
+    assert_eq!(
+        newest.at.millis(),
+        T0 + 60_000,
+        "the event carries the instant of expiry"
+    );
 }
 
 async fn holds_resolve_once(h: Harness) {
@@ -208,22 +291,48 @@ async fn holds_resolve_once(h: Harness) {
     assert_eq!(settled.outcome.balance.available, units(7));
     assert_eq!(settled.outcome.hold.unwrap().status, HoldStatus::Settled);
     // The resolved hold is loaded from the database, not from memory.
-    assert_eq!(rejected(&h, settle("a", "h1", 1)).await, Rejection::HoldAlreadySettled);
+    assert_eq!(
+        rejected(&h, settle("a", "h1", 1)).await,
+        Rejection::HoldAlreadySettled
+    );
     let hold = h.store.hold("h1").await.unwrap().unwrap();
-    assert_eq!((hold.status, hold.settled_amount), (HoldStatus::Settled, units(3)));
+    assert_eq!(
+        (hold.status, hold.settled_amount),
+        (HoldStatus::Settled, units(3))
+    );
     // Expiry without a sweep.
     ok(&h, lock("a", "h2", 5, 30)).await;
     assert_eq!(available(&h, "a").await, units(2));
     h.clock.advance_secs(30);
     assert_eq!(available(&h, "a").await, units(7));
-    assert_eq!(rejected(&h, settle("a", "h2", 1)).await, Rejection::HoldExpired);
+    assert_eq!(
+        rejected(&h, settle("a", "h2", 1)).await,
+        Rejection::HoldExpired
+    );
     // A hold of another account is not found through this one.
     ok(&h, create("b")).await;
-    assert_eq!(rejected(&h, settle("b", "h1", 1)).await, Rejection::HoldNotFound);
-    let held = h.store.holds(&id("a"), Some(HoldStatus::Held), h.clock.now(), 10).await.unwrap();
+    assert_eq!(
+        rejected(&h, settle("b", "h1", 1)).await,
+        Rejection::HoldNotFound
+    );
+    let held = h
+        .store
+        .holds(&id("a"), Some(HoldStatus::Held), h.clock.now(), 10)
+        .await
+        .unwrap();
     assert!(held.is_empty(), "{held:?}");
-    let expired = h.store.holds(&id("a"), Some(HoldStatus::Expired), h.clock.now(), 10).await.unwrap();
-    assert_eq!(expired.iter().map(|h| (h.id.as_str(), h.status)).collect::<Vec<_>>(), vec![("h2", HoldStatus::Expired)]);
+    let expired = h
+        .store
+        .holds(&id("a"), Some(HoldStatus::Expired), h.clock.now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        expired
+            .iter()
+            .map(|h| (h.id.as_str(), h.status))
+            .collect::<Vec<_>>(),
+        vec![("h2", HoldStatus::Expired)]
+    );
 }
 
 async fn concurrent_usage_never_overspends(h: Harness) {
@@ -233,7 +342,11 @@ async fn concurrent_usage_never_overspends(h: Harness) {
     for i in 0..200 {
         let store = h.store.clone();
         tasks.push(tokio::spawn(async move {
-            let r = if i % 2 == 0 { usage("hot", 1) } else { keyed(usage("hot", 1), &format!("k{i}")) };
+            let r = if i % 2 == 0 {
+                usage("hot", 1)
+            } else {
+                keyed(usage("hot", 1), &format!("k{i}"))
+            };
             store.submit(r).await
         }));
     }
@@ -272,7 +385,11 @@ async fn purge_forgets_old_keys(h: Harness) {
     ok(&h, keyed(usage("a", 1), "old")).await;
     h.clock.advance_secs(3600);
     ok(&h, keyed(usage("a", 1), "new")).await;
-    let purged = h.store.purge_idempotency(Timestamp::from_millis(T0 + 1000)).await.unwrap();
+    let purged = h
+        .store
+        .purge_idempotency(Timestamp::from_millis(T0 + 1000))
+        .await
+        .unwrap();
     assert_eq!(purged, 1);
     assert!(ok(&h, keyed(usage("a", 1), "new")).await.replayed);
     assert!(!ok(&h, keyed(usage("a", 1), "old")).await.replayed);
@@ -312,10 +429,15 @@ async fn random_retries_apply_once(h: Harness) {
     for _ in 0..300 {
         let key = format!("k{}", next() % 60);
         let n = (key[1..].parse::<i64>().unwrap() % 7) + 1; // the same key always asks the same amount
-        let batch: Vec<Request> = (0..(next() % 4 + 1)).map(|_| keyed(usage("a", n), &key)).collect();
+        let batch: Vec<Request> = (0..(next() % 4 + 1))
+            .map(|_| keyed(usage("a", n), &key))
+            .collect();
         for r in h.store.submit_many(batch).await {
             match r {
-                Ok(e) if !e.replayed => assert!(applied.insert(key.clone(), n).is_none(), "key {key} applied twice"),
+                Ok(e) if !e.replayed => assert!(
+                    applied.insert(key.clone(), n).is_none(),
+                    "key {key} applied twice"
+                ),
                 Ok(_) | Err(ExecError::Rejected(Rejection::InsufficientBalance)) => {}
                 Err(e) => panic!("{e}"),
             }

@@ -1,1 +1,331 @@
-fn main() {}
+//! `reckon`: the server and its admin commands.
+//!
+//! `reckon serve` runs the HTTP service. The admin commands (`account`,
+//! `grant`, `usage`, `migrate`) open the database directly and go through
+//! the same executor and core as the API, so they are safe to run while a
+//! server is using the same SQLite file.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use reckon_core::{
+    Command, CreateAccount, GrantCmd, GrantExpiry, OveragePolicy, Timestamp, Unit, UsageCmd,
+};
+use reckon_server::config::{self, Config, Database};
+use reckon_server::views::AccountView;
+use reckon_server::wire;
+use reckon_store::{Clock, Request, SqliteStore, Store, SystemClock};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "reckon",
+    version,
+    about = "Reckon: usage metering, budgets, credit holds and quotas on one ledger"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the HTTP service.
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(DbArgs),
+    /// Create or show accounts.
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Grant value to an account.
+    Grant(GrantArgs),
+    /// Record usage against an account.
+    Usage(UsageArgs),
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// Database URL: sqlite:PATH [env: RECKON_DATABASE_URL, APP_DB_PATH, APP_DATA_DIR]
+    #[arg(long)]
+    database: Option<String>,
+}
+
+impl DbArgs {
+    fn database(&self) -> Result<Database> {
+        let url = self
+            .database
+            .clone()
+            .unwrap_or_else(config::default_database);
+        Database::parse(&url).map_err(anyhow::Error::msg)
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on [env: RECKON_LISTEN, or PORT for 0.0.0.0:$PORT] [default: 127.0.0.1:8080]
+    #[arg(long)]
+    listen: Option<String>,
+    #[command(flatten)]
+    db: DbArgs,
+    /// Allowed CORS origin (repeat, or `*`) [env: RECKON_CORS_ORIGINS, comma-separated]
+    #[arg(long = "cors-origin")]
+    cors_origins: Vec<String>,
+    /// How long idempotency keys are remembered.
+    #[arg(
+        long,
+        env = "RECKON_IDEMPOTENCY_RETENTION_SECS",
+        default_value_t = 86_400
+    )]
+    idempotency_retention_secs: u64,
+    /// How often the scheduler sweeps expiries.
+    #[arg(long, env = "RECKON_SWEEP_INTERVAL_SECS", default_value_t = 5)]
+    sweep_interval_secs: u64,
+    /// TTL of a hold that names none.
+    #[arg(long, env = "RECKON_HOLD_TTL_DEFAULT_SECS", default_value_t = 300)]
+    hold_ttl_default_secs: u64,
+    /// Longest TTL a hold may ask for.
+    #[arg(long, env = "RECKON_HOLD_TTL_MAX_SECS", default_value_t = 86_400)]
+    hold_ttl_max_secs: u64,
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Create an account.
+    Create {
+        id: String,
+        /// Unit of the balance (credits, MB, USD, calls).
+        #[arg(long, default_value = "credits")]
+        unit: String,
+        /// Expiry, RFC 3339.
+        #[arg(long)]
+        expires_at: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show an account, its balance and grants.
+    Show {
+        id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Args)]
+struct GrantArgs {
+    account: String,
+    /// Amount, decimal (up to 6 places).
+    amount: String,
+    /// The grant expires this many seconds from now.
+    #[arg(long)]
+    valid_for_secs: Option<u64>,
+    #[arg(long, default_value = "manual")]
+    source: String,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(Args)]
+struct UsageArgs {
+    account: String,
+    amount: String,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    // Errors are for operators: one clear line, no backtrace.
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Cmd::Serve(args) => serve(args).await,
+            Cmd::Migrate(db) => migrate(db),
+            Cmd::Account(AccountCmd::Create {
+                id,
+                unit,
+                expires_at,
+                db,
+            }) => {
+                let expires_at = expires_at.map(|t| parse_time(&t)).transpose()?;
+                let command = Command::CreateAccount(CreateAccount {
+                    id: parse_id(&id)?,
+                    unit: Unit::parse(&unit).map_err(|e| anyhow::anyhow!("unit {e}"))?,
+                    expires_at,
+                    timezone: None,
+                    metadata: "{}".into(),
+                    overage: OveragePolicy::Reject,
+                });
+                submit(&db, Request::new(command)).await?;
+                show(&db, &id).await
+            }
+            Cmd::Account(AccountCmd::Show { id, db }) => show(&db, &id).await,
+            Cmd::Grant(g) => {
+                let command = Command::Grant(GrantCmd {
+                    account: parse_id(&g.account)?,
+                    grant_id: uuid_v4(),
+                    amount: parse_amount(&g.amount)?,
+                    expiry: g
+                        .valid_for_secs
+                        .map_or(GrantExpiry::Never, GrantExpiry::AfterSecs),
+                    source: g.source,
+                });
+                submit(&g.db, keyed(command, g.idempotency_key)?).await?;
+                show(&g.db, &g.account).await
+            }
+            Cmd::Usage(u) => {
+                let command = Command::Usage(UsageCmd {
+                    account: parse_id(&u.account)?,
+                    amount: parse_amount(&u.amount)?,
+                });
+                submit(&u.db, keyed(command, u.idempotency_key)?).await?;
+                show(&u.db, &u.account).await
+            }
+        }
+    })
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RECKON_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if config::env("RECKON_LOG_FORMAT").as_deref() == Some("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    init_logging();
+    let listen = match args.listen {
+        Some(l) => l
+            .parse()
+            .with_context(|| format!("--listen {l} is not an address such as 127.0.0.1:8080"))?,
+        None => config::default_listen().map_err(anyhow::Error::msg)?,
+    };
+    let mut cors_origins = args.cors_origins;
+    if let Some(list) = config::env("RECKON_CORS_ORIGINS") {
+        cors_origins.extend(
+            list.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty()),
+        );
+    }
+    let config = Config {
+        listen,
+        database: args.db.database()?,
+        service_keys: config::keys_from_env(config::SERVICE_KEY_VARS),
+        admin_keys: config::keys_from_env(config::ADMIN_KEY_VARS),
+        cors_origins,
+        idempotency_retention_secs: args.idempotency_retention_secs,
+        sweep_interval_secs: args.sweep_interval_secs,
+        hold_ttl_default_secs: args.hold_ttl_default_secs,
+        hold_ttl_max_secs: args.hold_ttl_max_secs,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    println!("reckon listening on http://{}", listener.local_addr()?);
+    reckon_server::startup::run(config, Arc::new(SystemClock), listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+fn migrate(db: DbArgs) -> Result<()> {
+    match db.database()? {
+        Database::Sqlite(path) => {
+            let n = SqliteStore::migrate(&path)?;
+            println!("{}: {n} migration(s) applied", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn open(db: &DbArgs) -> Result<Arc<dyn Store>> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    Ok(reckon_server::startup::open_store(&db.database()?, clock)?)
+}
+
+async fn submit(db: &DbArgs, request: Request) -> Result<()> {
+    let store = open(db)?;
+    store
+        .submit(request)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+async fn show(db: &DbArgs, id: &str) -> Result<()> {
+    let store = open(db)?;
+    let Some(state) = store.account(&parse_id(id)?).await? else {
+        bail!("account_not_found: no account {id}")
+    };
+    let view = AccountView::at(&state, SystemClock.now());
+    println!("{}", serde_json::to_string_pretty(&view)?);
+    Ok(())
+}
+
+fn keyed(command: Command, key: Option<String>) -> Result<Request> {
+    let mut r = Request::new(command);
+    r.idempotency_key = key
+        .map(|k| reckon_store::IdempotencyKey::parse(&k).map_err(anyhow::Error::msg))
+        .transpose()?;
+    Ok(r)
+}
+
+fn parse_id(text: &str) -> Result<reckon_core::AccountId> {
+    reckon_core::AccountId::parse(text).map_err(|e| anyhow::anyhow!("account id {e}"))
+}
+
+fn parse_amount(text: &str) -> Result<reckon_core::Amount> {
+    reckon_core::Amount::parse(text).map_err(|e| anyhow::anyhow!("amount: {e}"))
+}
+
+fn parse_time(text: &str) -> Result<Timestamp> {
+    wire::timestamp(&serde_json::Value::String(text.to_owned()), "expires_at")
+        .map_err(|e| anyhow::anyhow!("{}", e.message))
+}
+
+fn uuid_v4() -> String {
+    reckon_server::new_id()
+}

@@ -39,25 +39,50 @@ pub fn grant(gid: &str, n: i64, expires: Option<i64>) -> Command {
 }
 
 pub fn usage(n: i64) -> Command {
-    Command::Usage(UsageCmd { account: id(), amount: units(n) })
+    Command::Usage(UsageCmd {
+        account: id(),
+        amount: units(n),
+    })
 }
 
 /// A lock applied at second `at` that expires at second `expires`.
 pub fn lock_until(hid: &str, n: i64, at: i64, expires: i64) -> (i64, Command) {
     let ttl_secs = (expires - at).max(0) as u64;
-    (at, Command::Lock(LockCmd { account: id(), hold_id: hid.into(), amount: units(n), ttl_secs }))
+    (
+        at,
+        Command::Lock(LockCmd {
+            account: id(),
+            hold_id: hid.into(),
+            amount: units(n),
+            ttl_secs,
+        }),
+    )
 }
 
 pub fn settle(hid: &str, n: i64, overage: Option<OveragePolicy>) -> Command {
-    Command::Settle(SettleCmd { account: id(), hold_id: hid.into(), amount: units(n), overage })
+    Command::Settle(SettleCmd {
+        account: id(),
+        hold_id: hid.into(),
+        amount: units(n),
+        overage,
+    })
 }
 
 pub fn release(hid: &str) -> Command {
-    Command::Release(ReleaseCmd { account: id(), hold_id: hid.into() })
+    Command::Release(ReleaseCmd {
+        account: id(),
+        hold_id: hid.into(),
+    })
 }
 
 pub fn update(f: impl FnOnce(&mut UpdateAccount)) -> Command {
-    let mut u = UpdateAccount { id: id(), expires_at: None, status: None, metadata: None, overage: None };
+    let mut u = UpdateAccount {
+        id: id(),
+        expires_at: None,
+        status: None,
+        metadata: None,
+        overage: None,
+    };
     f(&mut u);
     Command::UpdateAccount(u)
 }
@@ -67,7 +92,8 @@ pub fn update(f: impl FnOnce(&mut UpdateAccount)) -> Command {
 pub fn run(script: &[(i64, Command)]) -> AccountState {
     let mut state: Option<AccountState> = None;
     for (at, cmd) in script {
-        let applied = apply(state.as_ref(), cmd, t(*at)).unwrap_or_else(|r| panic!("{cmd:?} at {at}s rejected: {r}"));
+        let applied = apply(state.as_ref(), cmd, t(*at))
+            .unwrap_or_else(|r| panic!("{cmd:?} at {at}s rejected: {r}"));
         applied.state.check_invariants().unwrap();
         state = Some(applied.state);
     }

@@ -73,7 +73,10 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut writer = open(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        let mut writer = open(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
         schema::migrate(&mut writer)?;
         let readers = (0..READ_CONNECTIONS)
             .map(|_| open(&path, OpenFlags::SQLITE_OPEN_READ_WRITE))
@@ -82,12 +85,21 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("reckon-writer".into())
             .spawn(move || writer_loop(writer, rx, clock))?;
-        Ok(SqliteStore { inner: Arc::new(Inner { jobs: tx, readers: Mutex::new(readers), path }) })
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                jobs: tx,
+                readers: Mutex::new(readers),
+                path,
+            }),
+        })
     }
 
     /// Applies pending migrations without starting a server.
     pub fn migrate(path: impl AsRef<Path>) -> Result<usize, StoreError> {
-        let mut conn = open(path.as_ref(), OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        let mut conn = open(
+            path.as_ref(),
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        )?;
         schema::migrate(&mut conn)
     }
 
@@ -126,7 +138,11 @@ impl SqliteStore {
         let job = Job::Maintain(Box::new(move |conn| {
             let _ = tx.send(f(conn));
         }));
-        self.inner.jobs.send(job).await.map_err(|_| StoreError::Unavailable)?;
+        self.inner
+            .jobs
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable)?;
         rx.await.map_err(|_| StoreError::Unavailable)?
     }
 }
@@ -185,7 +201,11 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, clock: Arc<dyn
     }
 }
 
-fn run_batch(conn: &mut Connection, requests: &[Request], now: Timestamp) -> Result<Vec<Result<Executed, ExecError>>, StoreError> {
+fn run_batch(
+    conn: &mut Connection,
+    requests: &[Request],
+    now: Timestamp,
+) -> Result<Vec<Result<Executed, ExecError>>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let prefetched = rows::prefetch(&tx, &plan(requests))?;
     let (results, writes) = apply_batch(prefetched, requests, now);
@@ -215,12 +235,25 @@ impl Store for SqliteStore {
         })
     }
 
-    fn submit_many(&self, requests: Vec<Request>) -> BoxFuture<'_, Vec<Result<Executed, ExecError>>> {
+    fn submit_many(
+        &self,
+        requests: Vec<Request>,
+    ) -> BoxFuture<'_, Vec<Result<Executed, ExecError>>> {
         Box::pin(async move {
             let n = requests.len();
-            let unavailable = || (0..n).map(|_| Err(ExecError::Store(StoreError::Unavailable))).collect();
+            let unavailable = || {
+                (0..n)
+                    .map(|_| Err(ExecError::Store(StoreError::Unavailable)))
+                    .collect()
+            };
             let (tx, rx) = oneshot::channel();
-            if self.inner.jobs.send(Job::Execute(requests, tx)).await.is_err() {
+            if self
+                .inner
+                .jobs
+                .send(Job::Execute(requests, tx))
+                .await
+                .is_err()
+            {
                 return unavailable();
             }
             rx.await.unwrap_or_else(|_| unavailable())
@@ -232,12 +265,23 @@ impl Store for SqliteStore {
         Box::pin(self.read(move |c| rows::load_account(c, &id, &BTreeSet::new())))
     }
 
-    fn accounts(&self, after: Option<&AccountId>, limit: usize) -> BoxFuture<'_, Result<Vec<AccountState>, StoreError>> {
+    fn accounts(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<AccountState>, StoreError>> {
         let after = after.cloned();
-        Box::pin(self.read(move |c| rows::load_accounts(c, after.as_ref(), limit.min(PAGE_SIZE_MAX))))
+        Box::pin(
+            self.read(move |c| rows::load_accounts(c, after.as_ref(), limit.min(PAGE_SIZE_MAX))),
+        )
     }
 
-    fn events(&self, id: &AccountId, before: Option<i64>, limit: usize) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+    fn events(
+        &self,
+        id: &AccountId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
         let id = id.clone();
         Box::pin(self.read(move |c| rows::load_events(c, &id, before, limit.min(PAGE_SIZE_MAX))))
     }
@@ -255,16 +299,25 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Hold>, StoreError>> {
         let id = id.clone();
-        Box::pin(self.read(move |c| rows::load_holds(c, &id, status, now, limit.min(PAGE_SIZE_MAX))))
+        Box::pin(
+            self.read(move |c| rows::load_holds(c, &id, status, now, limit.min(PAGE_SIZE_MAX))),
+        )
     }
 
-    fn due_accounts(&self, now: Timestamp, limit: usize) -> BoxFuture<'_, Result<Vec<AccountId>, StoreError>> {
+    fn due_accounts(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<AccountId>, StoreError>> {
         Box::pin(self.read(move |c| rows::due_accounts(c, now, limit)))
     }
 
     fn purge_idempotency(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(self.maintain(move |c| {
-            Ok(c.execute("DELETE FROM idempotency WHERE created_at < ?1", [before.millis()])? as u64)
+            Ok(c.execute(
+                "DELETE FROM idempotency WHERE created_at < ?1",
+                [before.millis()],
+            )? as u64)
         }))
     }
 

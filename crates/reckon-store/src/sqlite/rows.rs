@@ -3,11 +3,13 @@
 
 use crate::codec::{account_id, amount, decode_allocations, encode_allocations};
 use crate::error::StoreError;
-use crate::executor::{next_due, AccountWrite, EventWrite, IdempotencyRecord, IdempotencyWrite, Plan, Prefetched};
+use crate::executor::{
+    next_due, AccountWrite, EventWrite, IdempotencyRecord, IdempotencyWrite, Plan, Prefetched,
+};
 use crate::request::StoredEvent;
 use reckon_core::{
-    Account, AccountId, AccountState, AccountStatus, Event, EventKind, Grant, Hold, HoldStatus, OveragePolicy,
-    Timestamp, Totals, Unit,
+    Account, AccountId, AccountState, AccountStatus, Event, EventKind, Grant, Hold, HoldStatus,
+    OveragePolicy, Timestamp, Totals, Unit,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::BTreeSet;
@@ -41,7 +43,11 @@ fn account_row(r: &Row) -> Result<Result<(Account, Totals, u64), StoreError>, ru
             created_at: Timestamp::from_millis(r.get(7)?),
             updated_at: Timestamp::from_millis(r.get(8)?),
         };
-        let totals = Totals { granted: amount(granted)?, used: amount(used)?, expired: amount(expired)? };
+        let totals = Totals {
+            granted: amount(granted)?,
+            used: amount(used)?,
+            expired: amount(expired)?,
+        };
         Ok((account, totals, r.get::<_, i64>(12)? as u64))
     };
     Ok(build())
@@ -51,7 +57,13 @@ const GRANT_COLUMNS: &str = "id, seq, amount, remaining, expires_at, source, cre
 
 fn grant_row(r: &Row) -> Result<Result<Grant, StoreError>, rusqlite::Error> {
     let (a, rem): (i64, i64) = (r.get(2)?, r.get(3)?);
-    let (id, seq, expires_at, source, created_at) = (r.get(0)?, r.get::<_, i64>(1)?, r.get(4)?, r.get(5)?, r.get(6)?);
+    let (id, seq, expires_at, source, created_at) = (
+        r.get(0)?,
+        r.get::<_, i64>(1)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    );
     Ok((|| {
         Ok(Grant {
             id,
@@ -70,8 +82,26 @@ const HOLD_COLUMNS: &str =
 
 fn hold_row(r: &Row) -> Result<Result<Hold, StoreError>, rusqlite::Error> {
     let (id, acct, a, status, expires_at, allocs, settled, created_at, resolved_at): (
-        String, String, i64, String, i64, String, i64, i64, Option<i64>,
-    ) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
+        String,
+        String,
+        i64,
+        String,
+        i64,
+        String,
+        i64,
+        i64,
+        Option<i64>,
+    ) = (
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    );
     Ok((|| {
         Ok(Hold {
             id,
@@ -88,22 +118,37 @@ fn hold_row(r: &Row) -> Result<Result<Hold, StoreError>, rusqlite::Error> {
 }
 
 /// Collects rows whose decoding can fail twice over (SQL, then our checks).
-fn collect<T>(rows: impl Iterator<Item = Result<Result<T, StoreError>, rusqlite::Error>>) -> Result<Vec<T>, StoreError> {
+fn collect<T>(
+    rows: impl Iterator<Item = Result<Result<T, StoreError>, rusqlite::Error>>,
+) -> Result<Vec<T>, StoreError> {
     rows.map(|r| r?).collect()
 }
 
 /// Loads one account with its live grants (in draw order), open holds and
 /// the given target holds.
-pub fn load_account(conn: &Connection, id: &AccountId, targets: &BTreeSet<String>) -> Result<Option<AccountState>, StoreError> {
+pub fn load_account(
+    conn: &Connection,
+    id: &AccountId,
+    targets: &BTreeSet<String>,
+) -> Result<Option<AccountState>, StoreError> {
     let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1");
-    let row = conn.prepare_cached(&sql)?.query_row([id.as_str()], account_row).optional()?;
+    let row = conn
+        .prepare_cached(&sql)?
+        .query_row([id.as_str()], account_row)
+        .optional()?;
     let Some(row) = row else { return Ok(None) };
     let (account, totals, next_grant_seq) = row?;
     let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = ?1");
-    let mut grants = collect(conn.prepare_cached(&sql)?.query_map([id.as_str()], grant_row)?)?;
+    let mut grants = collect(
+        conn.prepare_cached(&sql)?
+            .query_map([id.as_str()], grant_row)?,
+    )?;
     grants.sort_by_key(|g| (g.expires_at.map_or(i64::MAX, Timestamp::millis), g.seq));
     let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND status = 'held'");
-    let mut holds = collect(conn.prepare_cached(&sql)?.query_map([id.as_str()], hold_row)?)?;
+    let mut holds = collect(
+        conn.prepare_cached(&sql)?
+            .query_map([id.as_str()], hold_row)?,
+    )?;
     for target in targets {
         if !holds.iter().any(|h| &h.id == target) {
             if let Some(h) = load_hold(conn, target)? {
@@ -114,12 +159,21 @@ pub fn load_account(conn: &Connection, id: &AccountId, targets: &BTreeSet<String
             }
         }
     }
-    Ok(Some(AccountState { account, totals, grants, holds, next_grant_seq }))
+    Ok(Some(AccountState {
+        account,
+        totals,
+        grants,
+        holds,
+        next_grant_seq,
+    }))
 }
 
 pub fn load_hold(conn: &Connection, hold_id: &str) -> Result<Option<Hold>, StoreError> {
     let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = ?1");
-    conn.prepare_cached(&sql)?.query_row([hold_id], hold_row).optional()?.transpose()
+    conn.prepare_cached(&sql)?
+        .query_row([hold_id], hold_row)
+        .optional()?
+        .transpose()
 }
 
 pub fn load_holds(
@@ -133,7 +187,9 @@ pub fn load_holds(
     let filter = match status {
         None => "1",
         Some(HoldStatus::Held) => "status = 'held' AND expires_at > ?2",
-        Some(HoldStatus::Expired) => "(status = 'expired' OR (status = 'held' AND expires_at <= ?2))",
+        Some(HoldStatus::Expired) => {
+            "(status = 'expired' OR (status = 'held' AND expires_at <= ?2))"
+        }
         Some(HoldStatus::Settled) => "status = 'settled'",
         Some(HoldStatus::Released) => "status = 'released'",
     };
@@ -141,7 +197,10 @@ pub fn load_holds(
         // `?2 = ?2` keeps the parameter bound when the filter does not use it.
         "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND {filter} AND ?2 = ?2 ORDER BY created_at DESC, id LIMIT ?3"
     );
-    let mut holds = collect(conn.prepare_cached(&sql)?.query_map(params![id.as_str(), now.millis(), limit as i64], hold_row)?)?;
+    let mut holds = collect(
+        conn.prepare_cached(&sql)?
+            .query_map(params![id.as_str(), now.millis(), limit as i64], hold_row)?,
+    )?;
     for h in &mut holds {
         h.status = h.status_at(now);
     }
@@ -157,14 +216,24 @@ pub fn prefetch(conn: &Connection, plan: &Plan) -> Result<Prefetched, StoreError
             out.accounts.insert(id.clone(), state);
         }
     }
-    let mut stmt = conn.prepare_cached("SELECT fingerprint, outcome FROM idempotency WHERE account_id = ?1 AND key = ?2")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT fingerprint, outcome FROM idempotency WHERE account_id = ?1 AND key = ?2",
+    )?;
     for (id, key) in &plan.idempotency_keys {
         let row = stmt
-            .query_row([id.as_str(), key.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .query_row([id.as_str(), key.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
             .optional()?;
         if let Some((fingerprint, outcome)) = row {
             let outcome = crate::codec::decode_outcome(&outcome)?;
-            out.idempotency.insert((id.clone(), key.clone()), IdempotencyRecord { fingerprint, outcome });
+            out.idempotency.insert(
+                (id.clone(), key.clone()),
+                IdempotencyRecord {
+                    fingerprint,
+                    outcome,
+                },
+            );
         }
     }
     Ok(out)
@@ -215,7 +284,8 @@ pub fn write_account(conn: &Connection, w: &AccountWrite) -> Result<(), StoreErr
     }
     for old in before_grants {
         if !s.grants.iter().any(|g| g.id == old.id) {
-            conn.prepare_cached("DELETE FROM grants WHERE account_id = ?1 AND id = ?2")?.execute(params![a.id.as_str(), old.id])?;
+            conn.prepare_cached("DELETE FROM grants WHERE account_id = ?1 AND id = ?2")?
+                .execute(params![a.id.as_str(), old.id])?;
         }
     }
     let before_holds = w.before.as_ref().map_or(&[][..], |b| &b.holds[..]);
@@ -262,10 +332,17 @@ pub fn write_idempotency(conn: &Connection, w: &IdempotencyWrite) -> Result<(), 
     Ok(())
 }
 
-pub fn load_accounts(conn: &Connection, after: Option<&AccountId>, limit: usize) -> Result<Vec<AccountState>, StoreError> {
+pub fn load_accounts(
+    conn: &Connection,
+    after: Option<&AccountId>,
+    limit: usize,
+) -> Result<Vec<AccountState>, StoreError> {
     let ids: Vec<String> = conn
         .prepare_cached("SELECT id FROM accounts WHERE id > ?1 ORDER BY id LIMIT ?2")?
-        .query_map(params![after.map_or("", AccountId::as_str), limit as i64], |r| r.get(0))?
+        .query_map(
+            params![after.map_or("", AccountId::as_str), limit as i64],
+            |r| r.get(0),
+        )?
         .collect::<Result<_, _>>()?;
     let none = BTreeSet::new();
     let mut out = Vec::with_capacity(ids.len());
@@ -277,36 +354,55 @@ pub fn load_accounts(conn: &Connection, after: Option<&AccountId>, limit: usize)
     Ok(out)
 }
 
-pub fn load_events(conn: &Connection, id: &AccountId, before: Option<i64>, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+pub fn load_events(
+    conn: &Connection,
+    id: &AccountId,
+    before: Option<i64>,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, kind, amount, available_after, at, grant_id, hold_id, idempotency_key, attributes
          FROM events WHERE account_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![id.as_str(), before.unwrap_or(i64::MAX), limit as i64], |r| {
-        let kind: String = r.get(1)?;
-        let (a, after): (i64, i64) = (r.get(2)?, r.get(3)?);
-        let (seq, at, grant_id, hold_id, key, attrs) = (r.get(0)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
-        Ok((|| {
-            Ok(StoredEvent {
-                seq,
-                account_id: id.clone(),
-                event: Event {
-                    kind: EventKind::parse(&kind).ok_or_else(|| bad("event kind", &kind))?,
-                    amount: amount(a)?,
-                    available_after: amount(after)?,
-                    at: Timestamp::from_millis(at),
-                    grant_id,
-                    hold_id,
-                },
-                idempotency_key: key,
-                attributes: attrs,
-            })
-        })())
-    })?;
+    let rows = stmt.query_map(
+        params![id.as_str(), before.unwrap_or(i64::MAX), limit as i64],
+        |r| {
+            let kind: String = r.get(1)?;
+            let (a, after): (i64, i64) = (r.get(2)?, r.get(3)?);
+            let (seq, at, grant_id, hold_id, key, attrs) = (
+                r.get(0)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            );
+            Ok((|| {
+                Ok(StoredEvent {
+                    seq,
+                    account_id: id.clone(),
+                    event: Event {
+                        kind: EventKind::parse(&kind).ok_or_else(|| bad("event kind", &kind))?,
+                        amount: amount(a)?,
+                        available_after: amount(after)?,
+                        at: Timestamp::from_millis(at),
+                        grant_id,
+                        hold_id,
+                    },
+                    idempotency_key: key,
+                    attributes: attrs,
+                })
+            })())
+        },
+    )?;
     collect(rows)
 }
 
-pub fn due_accounts(conn: &Connection, now: Timestamp, limit: usize) -> Result<Vec<AccountId>, StoreError> {
+pub fn due_accounts(
+    conn: &Connection,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<AccountId>, StoreError> {
     let ids: Vec<String> = conn
         .prepare_cached("SELECT id FROM accounts WHERE next_due IS NOT NULL AND next_due <= ?1 ORDER BY next_due LIMIT ?2")?
         .query_map(params![now.millis(), limit as i64], |r| r.get(0))?
@@ -315,5 +411,8 @@ pub fn due_accounts(conn: &Connection, now: Timestamp, limit: usize) -> Result<V
 }
 
 pub fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
-    Ok(conn.prepare_cached("SELECT value FROM settings WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()?)
+    Ok(conn
+        .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
 }

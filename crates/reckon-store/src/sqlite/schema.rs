@@ -86,7 +86,8 @@ CREATE TABLE settings (
 
 /// Brings the database up to the newest schema; returns how many migrations ran.
 pub fn migrate(conn: &mut Connection) -> Result<usize, StoreError> {
-    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    let version: usize =
+        conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     if version > MIGRATIONS.len() {
         return Err(StoreError::Corrupt(format!(
             "database schema version {version} is newer than this reckon ({}); upgrade reckon",

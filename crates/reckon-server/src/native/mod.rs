@@ -1,0 +1,17 @@
+//! The native `/v1` API. Each file owns its routes, request bodies and handlers.
+
+pub mod accounts;
+pub mod events;
+pub mod grants;
+pub mod usage;
+
+use crate::AppState;
+use axum::Router;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(accounts::router())
+        .merge(grants::router())
+        .merge(usage::router())
+        .merge(events::router())
+}

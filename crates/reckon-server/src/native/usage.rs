@@ -1,0 +1,122 @@
+//! `/v1/accounts/{id}/usage` (spend) and `/v1/accounts/{id}/check` (may I spend?).
+
+use crate::auth::ServiceAuth;
+use crate::error::{ApiResult, ErrorBody};
+use crate::views::BalanceView;
+use crate::wire::{self, JsonBody};
+use crate::{with_replay_flag, AppState};
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::post;
+use axum::{Json, Router};
+use reckon_core::{Command, Rejection, UsageCmd};
+use reckon_store::Request;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/accounts/{id}/usage", post(record_usage))
+        .route("/v1/accounts/{id}/check", post(check))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBody {
+    /// A number or a decimal string, up to 6 decimals, greater than zero.
+    #[schema(value_type = String, example = "0.05")]
+    pub amount: Value,
+    pub idempotency_key: Option<String>,
+    /// Free-form JSON object kept with the event (model, request id, tokens...).
+    #[schema(value_type = Option<Object>)]
+    pub attributes: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UsageResponse {
+    pub account_id: String,
+    pub amount: String,
+    pub balance: BalanceView,
+}
+
+/// Record usage: spend from the balance, or refuse with 402 and change nothing.
+#[utoipa::path(post, path = "/v1/accounts/{id}/usage", tag = "usage", params(("id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "makes the call safe to retry")),
+    request_body = UsageBody,
+    responses((status = 200, body = UsageResponse), (status = 400, body = ErrorBody),
+        (status = 402, description = "insufficient_balance", body = ErrorBody),
+        (status = 403, description = "account_expired or account_suspended", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "idempotency_conflict", body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn record_usage(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<UsageBody>,
+) -> ApiResult<Response> {
+    let amount = wire::positive_amount(&body.amount, "amount")?;
+    let request = Request {
+        command: Command::Usage(UsageCmd {
+            account: wire::account_id(&id)?,
+            amount,
+        }),
+        idempotency_key: wire::idempotency_key(&headers, body.idempotency_key.as_deref())?,
+        attributes: body
+            .attributes
+            .as_ref()
+            .map(|a| wire::json_object(a, "attributes"))
+            .transpose()?,
+    };
+    let executed = state.execute(request).await?;
+    let response = UsageResponse {
+        account_id: executed.outcome.account.id.to_string(),
+        amount: amount.to_string(),
+        balance: executed.outcome.balance.into(),
+    };
+    Ok(with_replay_flag(&executed, Json(response)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckBody {
+    #[schema(value_type = String, example = "0.05")]
+    pub amount: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CheckResponse {
+    pub allowed: bool,
+    pub available: String,
+    /// Why not, when not allowed: insufficient_balance, account_expired,
+    /// account_suspended or invalid_amount. Null when allowed.
+    pub reason: Option<&'static str>,
+}
+
+/// May this account spend `amount` now? Read-only.
+#[utoipa::path(post, path = "/v1/accounts/{id}/check", tag = "usage", params(("id" = String, Path)),
+    request_body = CheckBody,
+    responses((status = 200, body = CheckResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn check(
+    _: ServiceAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<CheckBody>,
+) -> ApiResult<Json<CheckResponse>> {
+    let amount = wire::amount(&body.amount, "amount")?;
+    let id = wire::account_id(&id)?;
+    let account = state
+        .store
+        .account(&id)
+        .await?
+        .ok_or(Rejection::AccountNotFound)?;
+    let c = reckon_core::check(&account, amount, state.now());
+    Ok(Json(CheckResponse {
+        allowed: c.allowed,
+        available: c.available.to_string(),
+        reason: c.reason.map(Rejection::code),
+    }))
+}

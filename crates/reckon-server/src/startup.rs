@@ -1,0 +1,80 @@
+//! Wiring: open the store, resolve keys, start the scheduler, serve. The
+//! binary and the API tests both start Reckon through [`run`], so tests
+//! exercise the same path users do, with their own clock and listener.
+
+use crate::config::{Config, Database};
+use crate::scheduler::{self, SchedulerConfig};
+use crate::{router, AppState, Keys, Limits};
+use reckon_store::{Clock, SqliteStore, Store};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("could not open the database: {0}")]
+    Store(#[from] reckon_store::StoreError),
+    #[error("could not set up API keys: {0}")]
+    Keys(String),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn open_store(
+    database: &Database,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn Store>, StartError> {
+    match database {
+        Database::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, clock)?)),
+    }
+}
+
+/// Opens everything and serves on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let store = open_store(&config.database, clock.clone())?;
+    let (keys, generated) = Keys::resolve(&config.service_keys, &config.admin_keys, store.as_ref())
+        .await
+        .map_err(|e| StartError::Keys(e.message))?;
+    if let Some(key) = generated {
+        // Deliberately printed, not logged: shown once, to the operator.
+        println!(
+            "No admin key was configured, so Reckon generated one. It is shown only this once:"
+        );
+        println!("    RECKON_ADMIN_KEY={key}");
+        println!(
+            "Keep it safe; only its hash is stored. Set RECKON_ADMIN_KEY to use your own instead."
+        );
+    }
+    let state = AppState {
+        store: store.clone(),
+        clock: clock.clone(),
+        keys: Arc::new(keys),
+        limits: Arc::new(Limits {
+            hold_ttl_default_secs: config.hold_ttl_default_secs,
+            hold_ttl_max_secs: config.hold_ttl_max_secs,
+        }),
+    };
+    let app = router(state, &config.cors_origins);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(scheduler::run(
+        store,
+        clock,
+        SchedulerConfig {
+            interval: Duration::from_secs(config.sweep_interval_secs.max(1)),
+            idempotency_retention_secs: config.idempotency_retention_secs,
+        },
+        stop_rx,
+    ));
+    tracing::info!(listen = %listener.local_addr()?, database = ?config.database, "reckon is serving");
+    crate::serve(listener, app, shutdown).await?;
+    let _ = stop_tx.send(true);
+    let _ = sweeper.await;
+    tracing::info!("reckon stopped; every acknowledged write is on disk");
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! What the native API sends back. Serialisation types live here, at the
+//! boundary; core types stay free of serde.
+
+use crate::wire::{render_time, stored_json};
+use reckon_core::{AccountState, Amount, Balance, Grant, Hold, Timestamp};
+use reckon_store::StoredEvent;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+fn amt(a: Amount) -> String {
+    a.to_string()
+}
+
+fn time(t: Option<Timestamp>) -> Option<String> {
+    t.map(render_time)
+}
+
+/// Amounts are decimal strings with up to 6 decimals, exact.
+#[derive(Serialize, ToSchema)]
+pub struct BalanceView {
+    /// Everything ever granted.
+    #[schema(example = "50")]
+    pub granted: String,
+    /// Everything ever consumed (usage and settled holds).
+    #[schema(example = "12.34")]
+    pub used: String,
+    /// Reserved by open holds.
+    #[schema(example = "0")]
+    pub held: String,
+    /// What may be spent now: unexpired grants minus holds.
+    #[schema(example = "37.66")]
+    pub available: String,
+    /// Granted value that expired unspent.
+    #[schema(example = "0")]
+    pub expired: String,
+}
+
+impl From<Balance> for BalanceView {
+    fn from(b: Balance) -> BalanceView {
+        BalanceView {
+            granted: amt(b.granted),
+            used: amt(b.used),
+            held: amt(b.held),
+            available: amt(b.available),
+            expired: amt(b.expired),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GrantView {
+    pub id: String,
+    #[schema(example = "1024")]
+    pub amount: String,
+    #[schema(example = "1000")]
+    pub remaining: String,
+    /// RFC 3339; null when the grant never expires.
+    pub expires_at: Option<String>,
+    pub source: String,
+    pub created_at: String,
+}
+
+impl From<&Grant> for GrantView {
+    fn from(g: &Grant) -> GrantView {
+        GrantView {
+            id: g.id.clone(),
+            amount: amt(g.amount),
+            remaining: amt(g.remaining),
+            expires_at: time(g.expires_at),
+            source: g.source.clone(),
+            created_at: render_time(g.created_at),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct HoldView {
+    pub id: String,
+    pub account_id: String,
+    /// held, settled, released or expired (as of the response).
+    #[schema(example = "held")]
+    pub status: &'static str,
+    pub amount: String,
+    /// What the settle charged; "0" until settled.
+    pub settled_amount: String,
+    pub expires_at: String,
+    pub created_at: String,
+    pub resolved_at: Option<String>,
+}
+
+impl HoldView {
+    pub fn at(h: &Hold, now: Timestamp) -> HoldView {
+        HoldView {
+            id: h.id.clone(),
+            account_id: h.account_id.to_string(),
+            status: h.status_at(now).as_str(),
+            amount: amt(h.amount),
+            settled_amount: amt(h.settled_amount),
+            expires_at: render_time(h.expires_at),
+            created_at: render_time(h.created_at),
+            resolved_at: time(h.resolved_at),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AccountView {
+    #[schema(example = "user123")]
+    pub id: String,
+    #[schema(example = "credits")]
+    pub unit: String,
+    /// active or suspended.
+    pub status: &'static str,
+    pub expires_at: Option<String>,
+    pub timezone: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// reject, cap or allow: what a settle above its hold does.
+    pub overage_policy: &'static str,
+    pub created_at: String,
+    pub updated_at: String,
+    pub balance: BalanceView,
+    /// Grants that still count, in the order usage draws from them.
+    pub grants: Vec<GrantView>,
+}
+
+impl AccountView {
+    /// The account as it stands at `now`, expiries applied.
+    pub fn at(state: &AccountState, now: Timestamp) -> AccountView {
+        let a = &state.account;
+        AccountView {
+            id: a.id.to_string(),
+            unit: a.unit.as_str().to_owned(),
+            status: a.status.as_str(),
+            expires_at: time(a.expires_at),
+            timezone: a.timezone.clone(),
+            metadata: stored_json(&a.metadata),
+            overage_policy: a.overage.as_str(),
+            created_at: render_time(a.created_at),
+            updated_at: render_time(a.updated_at),
+            balance: state.balance_at(now).into(),
+            grants: state.live_grants_at(now).map(GrantView::from).collect(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventView {
+    /// Position in the log; pass as `before` to page further back.
+    pub seq: i64,
+    pub account_id: String,
+    #[schema(example = "used")]
+    pub kind: &'static str,
+    pub amount: String,
+    pub available_after: String,
+    pub at: String,
+    pub grant_id: Option<String>,
+    pub hold_id: Option<String>,
+    pub idempotency_key: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub attributes: Option<Value>,
+}
+
+impl From<&StoredEvent> for EventView {
+    fn from(e: &StoredEvent) -> EventView {
+        EventView {
+            seq: e.seq,
+            account_id: e.account_id.to_string(),
+            kind: e.event.kind.as_str(),
+            amount: amt(e.event.amount),
+            available_after: amt(e.event.available_after),
+            at: render_time(e.event.at),
+            grant_id: e.event.grant_id.clone(),
+            hold_id: e.event.hold_id.clone(),
+            idempotency_key: e.idempotency_key.clone(),
+            attributes: e.attributes.as_deref().map(stored_json),
+        }
+    }
+}
