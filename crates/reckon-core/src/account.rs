@@ -13,6 +13,10 @@ pub const UNIT_BYTES_MAX: usize = 32;
 pub const GRANTS_PER_ACCOUNT_MAX: usize = 1_000;
 /// Open holds one account may carry at once, for the same reason.
 pub const HOLDS_PER_ACCOUNT_MAX: usize = 1_000;
+/// Longest a hold may live: a week. A hold is a reservation for work in
+/// flight; anything longer is a grant in disguise, and it keeps value out of
+/// reach of every other request until it ends.
+pub const HOLD_TTL_SECS_MAX: u64 = 7 * 86_400;
 
 /// Why an identifier was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]

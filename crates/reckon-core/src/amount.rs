@@ -22,6 +22,18 @@ pub const AMOUNT_MICROS_MAX: i64 = 1_000_000_000_000 * MICROS_PER_UNIT;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Amount(i64);
 
+/// What to do with digits past the sixth decimal place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    /// Refuse them (`TooManyDecimals`): the native API's rule.
+    Exact,
+    /// Round up to the next micro-unit: for reservations, which must never
+    /// cover less than was asked.
+    Up,
+    /// Round half up: for charges computed in floating point by a client.
+    HalfUp,
+}
+
 /// Why text or a number could not become an [`Amount`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AmountError {
@@ -99,6 +111,12 @@ impl Amount {
     /// and small numbers. Anything that would need rounding is refused rather
     /// than rounded: silent rounding is how balances drift.
     pub fn parse(text: &str) -> Result<Amount, AmountError> {
+        Amount::parse_rounded(text, Rounding::Exact)
+    }
+
+    /// Parses like [`Amount::parse`], rounding past six decimals as told.
+    /// Protocols whose clients send floats (`0.1 + 0.2`) use this.
+    pub fn parse_rounded(text: &str, rounding: Rounding) -> Result<Amount, AmountError> {
         let text = text.trim();
         if text.is_empty() {
             return Err(AmountError::Empty);
@@ -137,9 +155,24 @@ impl Amount {
         if negative {
             return Err(AmountError::Negative);
         }
-        let decimals = digits.len() as i64 - point;
+        let mut decimals = digits.len() as i64 - point;
+        let mut digits = digits;
+        let mut carry = false;
         if decimals > AMOUNT_DECIMALS as i64 {
-            return Err(AmountError::TooManyDecimals);
+            // Digits of `digits` that stand within six decimals; negative
+            // when zeros the text never wrote lie between them and the rest.
+            let keep_signed = digits.len() as i64 - (decimals - AMOUNT_DECIMALS as i64);
+            let keep = keep_signed.max(0) as usize;
+            let dropped = &digits[keep..];
+            carry = match rounding {
+                Rounding::Exact => return Err(AmountError::TooManyDecimals),
+                Rounding::Up => dropped.bytes().any(|b| b != b'0'),
+                Rounding::HalfUp => {
+                    keep_signed >= 0 && dropped.as_bytes().first().is_some_and(|b| *b >= b'5')
+                }
+            };
+            digits = &digits[..keep];
+            decimals = AMOUNT_DECIMALS as i64;
         }
         let shift = AMOUNT_DECIMALS as i64 - decimals; // zeros to append to reach micros
         if digits.len() as i64 + shift > 19 {
@@ -154,6 +187,9 @@ impl Amount {
         }
         for _ in 0..shift {
             micros = micros.checked_mul(10).ok_or(AmountError::TooLarge)?;
+        }
+        if carry {
+            micros += 1;
         }
         Amount::from_micros(micros).ok_or(AmountError::TooLarge)
     }
@@ -213,6 +249,36 @@ mod tests {
             let got = Amount::parse(text).map(Amount::micros);
             assert_eq!(&got, want, "parsing {text:?}");
         }
+    }
+
+    #[test]
+    fn rounds_only_when_asked() {
+        let cases: &[(&str, Rounding, i64)] = &[
+            ("0.30000000000000004", Rounding::HalfUp, 300_000),
+            ("0.30000000000000004", Rounding::Up, 300_001),
+            ("1.2345675", Rounding::HalfUp, 1_234_568),
+            ("1.2345674999", Rounding::HalfUp, 1_234_567),
+            ("0.0000001", Rounding::Up, 1),
+            ("0.0000001", Rounding::HalfUp, 0),
+            ("0.0000005", Rounding::HalfUp, 1),
+            ("1e-9", Rounding::Up, 1),
+            ("5", Rounding::Up, 5_000_000),
+            ("2.5e-7", Rounding::HalfUp, 0),
+            ("5e-8", Rounding::HalfUp, 0),
+            ("5e-7", Rounding::HalfUp, 1),
+            ("0.9999999", Rounding::HalfUp, 1_000_000),
+        ];
+        for (text, rounding, micros) in cases {
+            assert_eq!(
+                Amount::parse_rounded(text, *rounding).map(Amount::micros),
+                Ok(*micros),
+                "{text} {rounding:?}"
+            );
+        }
+        assert_eq!(
+            Amount::parse_rounded("0.9999999", Rounding::Exact),
+            Err(AmountError::TooManyDecimals)
+        );
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub enum EventKind {
     Settled,
     Released,
     HoldExpired,
+    /// Written by the store beside the ledger: credentials are not balance state.
+    CredentialAdded,
+    CredentialDeactivated,
+    CredentialActivated,
 }
 
 impl EventKind {
@@ -29,6 +33,9 @@ impl EventKind {
             EventKind::Settled => "settled",
             EventKind::Released => "released",
             EventKind::HoldExpired => "hold_expired",
+            EventKind::CredentialAdded => "credential_added",
+            EventKind::CredentialDeactivated => "credential_deactivated",
+            EventKind::CredentialActivated => "credential_activated",
         }
     }
 
@@ -43,6 +50,9 @@ impl EventKind {
             "settled" => EventKind::Settled,
             "released" => EventKind::Released,
             "hold_expired" => EventKind::HoldExpired,
+            "credential_added" => EventKind::CredentialAdded,
+            "credential_deactivated" => EventKind::CredentialDeactivated,
+            "credential_activated" => EventKind::CredentialActivated,
             _ => return None,
         })
     }

@@ -10,7 +10,7 @@
 
 use crate::account::{
     sum, AccountState, Allocation, Balance, Grant, Hold, HoldStatus, OveragePolicy,
-    GRANTS_PER_ACCOUNT_MAX, HOLDS_PER_ACCOUNT_MAX,
+    GRANTS_PER_ACCOUNT_MAX, HOLDS_PER_ACCOUNT_MAX, HOLD_TTL_SECS_MAX,
 };
 use crate::account::{Account, AccountStatus};
 use crate::amount::Amount;
@@ -261,8 +261,8 @@ fn lock(
 ) -> Result<Hold, Rejection> {
     let available = state.balance_materialised().available;
     spend_refusal(state, c.amount, available, now)?;
-    if c.ttl_secs == 0 {
-        return Err(Rejection::ExpiryInPast);
+    if c.ttl_secs == 0 || c.ttl_secs > HOLD_TTL_SECS_MAX {
+        return Err(Rejection::InvalidTtl);
     }
     let open = state
         .holds

@@ -27,7 +27,7 @@ pub use account::{
     Account, AccountId, AccountState, AccountStatus, Allocation, Balance, Grant, Hold, HoldStatus,
     IdError, OveragePolicy, Totals, Unit,
 };
-pub use amount::{Amount, AmountError};
+pub use amount::{Amount, AmountError, Rounding};
 pub use command::{
     Command, CreateAccount, GrantCmd, GrantExpiry, LockCmd, ReleaseCmd, SettleCmd, UpdateAccount,
     UsageCmd,

@@ -23,6 +23,8 @@ pub enum Rejection {
     ExceedsHold,
     /// The expiry given is not after `now`.
     ExpiryInPast,
+    /// A hold TTL of zero or above `HOLD_TTL_SECS_MAX`.
+    InvalidTtl,
 }
 
 impl Rejection {
@@ -44,6 +46,7 @@ impl Rejection {
             Rejection::HoldExpired => "hold_expired",
             Rejection::ExceedsHold => "exceeds_hold",
             Rejection::ExpiryInPast => "expiry_in_past",
+            Rejection::InvalidTtl => "invalid_ttl",
         }
     }
 
@@ -51,7 +54,7 @@ impl Rejection {
         Rejection::ALL.iter().copied().find(|r| r.code() == code)
     }
 
-    pub const ALL: [Rejection; 15] = [
+    pub const ALL: [Rejection; 16] = [
         Rejection::AccountNotFound,
         Rejection::AccountExists,
         Rejection::AccountExpired,
@@ -67,6 +70,7 @@ impl Rejection {
         Rejection::HoldExpired,
         Rejection::ExceedsHold,
         Rejection::ExpiryInPast,
+        Rejection::InvalidTtl,
     ];
 
     /// A sentence for people; clients should match on [`Rejection::code`].
@@ -87,6 +91,7 @@ impl Rejection {
             Rejection::HoldExpired => "the hold has expired",
             Rejection::ExceedsHold => "the amount exceeds the held amount",
             Rejection::ExpiryInPast => "the expiry must be in the future",
+            Rejection::InvalidTtl => "the hold TTL must be between 1 second and the maximum",
         }
     }
 }

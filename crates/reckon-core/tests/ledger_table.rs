@@ -159,11 +159,18 @@ fn rows() -> Vec<Row> {
             want: Err(InsufficientBalance),
         },
         Row {
-            name: "lock expiring now",
+            name: "lock with a zero TTL",
             setup: base(),
             at: 5,
             command: lock_until("h1", 1, 5, 5).1,
-            want: Err(ExpiryInPast),
+            want: Err(InvalidTtl),
+        },
+        Row {
+            name: "lock beyond the longest TTL",
+            setup: base(),
+            at: 0,
+            command: lock_until("h1", 1, 0, 8 * 86_400).1,
+            want: Err(InvalidTtl),
         },
         Row {
             name: "settle below the hold returns the rest",

@@ -85,7 +85,7 @@ pub fn rejection_status(r: Rejection) -> StatusCode {
         AccountExpired | AccountSuspended => StatusCode::FORBIDDEN,
         AccountExists | HoldAlreadySettled | HoldAlreadyReleased | HoldExpired | ExceedsHold
         | TooManyGrants | TooManyHolds => StatusCode::CONFLICT,
-        InvalidAmount | AmountOverflow | ExpiryInPast => StatusCode::BAD_REQUEST,
+        InvalidAmount | AmountOverflow | ExpiryInPast | InvalidTtl => StatusCode::BAD_REQUEST,
     }
 }
 

@@ -15,12 +15,14 @@
 
 pub mod clock;
 pub mod codec;
+pub mod credential;
 pub mod error;
 pub mod executor;
 pub mod request;
 pub mod sqlite;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use credential::{Credential, CredentialKey, CredentialRefusal};
 pub use error::{ExecError, StoreError};
 pub use request::{Executed, IdempotencyKey, Request, StoredEvent, IDEMPOTENCY_KEY_BYTES_MAX};
 pub use sqlite::SqliteStore;
@@ -87,6 +89,45 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes idempotency records created before `before`; returns how many.
     fn purge_idempotency(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Open holds of all accounts (status held, not yet expired at `now`),
+    /// oldest first, at most `limit`.
+    fn open_holds(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Hold>, StoreError>>;
+
+    /// Adds a credential to an account. Adding the same key to the same
+    /// account again returns the existing credential (idempotent).
+    fn add_credential(
+        &self,
+        account: &AccountId,
+        key: CredentialKey,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Result<Credential, CredentialRefusal>, StoreError>>;
+
+    /// Credentials of one account, oldest first.
+    fn credentials(
+        &self,
+        account: &AccountId,
+    ) -> BoxFuture<'_, Result<Vec<Credential>, StoreError>>;
+
+    /// Sets a credential active or inactive; `None` when the account has no
+    /// credential with that id. Setting the state it already has changes nothing.
+    fn set_credential_active(
+        &self,
+        account: &AccountId,
+        credential_id: &str,
+        active: bool,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Option<Credential>, StoreError>>;
+
+    /// The credential a key names, active or not.
+    fn find_credential(
+        &self,
+        key: &CredentialKey,
+    ) -> BoxFuture<'_, Result<Option<Credential>, StoreError>>;
 
     /// Server settings kept in the database (e.g. the generated admin key's hash).
     fn setting(&self, key: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>>;

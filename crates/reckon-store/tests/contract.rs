@@ -449,6 +449,116 @@ async fn random_retries_apply_once(h: Harness) {
     state.check_invariants().unwrap();
 }
 
+async fn credentials_name_accounts(h: Harness) {
+    ok(&h, create("a")).await;
+    ok(&h, create("b")).await;
+    let now = h.clock.now();
+    let secret = CredentialKey::parse("sk_live_0123456789abcdef", false).unwrap();
+    let c = h
+        .store
+        .add_credential(&id("a"), secret.clone(), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (c.public, c.active, c.display.as_str()),
+        (false, true, "sk_live_...")
+    );
+    let again = h
+        .store
+        .add_credential(&id("a"), secret.clone(), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, c, "adding the same key again is a no-op");
+    let taken = h
+        .store
+        .add_credential(&id("b"), secret.clone(), now)
+        .await
+        .unwrap();
+    assert_eq!(taken, Err(CredentialRefusal::KeyInUse));
+    let nobody = h
+        .store
+        .add_credential(&id("zz"), CredentialKey::parse("pub-1", true).unwrap(), now)
+        .await
+        .unwrap();
+    assert_eq!(nobody, Err(CredentialRefusal::AccountNotFound));
+    // The same text as a public identifier is a different credential.
+    let public = CredentialKey::parse("sk_live_0123456789abcdef", true).unwrap();
+    assert_eq!(h.store.find_credential(&public).await.unwrap(), None);
+    assert_eq!(
+        h.store
+            .find_credential(&secret)
+            .await
+            .unwrap()
+            .unwrap()
+            .account_id,
+        id("a")
+    );
+    let off = h
+        .store
+        .set_credential_active(&id("a"), &c.id, false, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!off.active);
+    assert!(
+        !h.store
+            .find_credential(&secret)
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
+    assert_eq!(
+        h.store
+            .set_credential_active(&id("b"), &c.id, true, now)
+            .await
+            .unwrap(),
+        None,
+        "another account's credential"
+    );
+    assert_eq!(h.store.credentials(&id("a")).await.unwrap().len(), 1);
+    let kinds: Vec<EventKind> = h
+        .store
+        .events(&id("a"), None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event.kind)
+        .collect();
+    assert_eq!(
+        kinds[..2],
+        [EventKind::CredentialDeactivated, EventKind::CredentialAdded]
+    );
+    assert!(
+        CredentialKey::parse("short", false).is_err(),
+        "private keys have a minimum length"
+    );
+}
+
+async fn open_holds_across_accounts(h: Harness) {
+    for name in ["a", "b"] {
+        ok(&h, create(name)).await;
+        ok(&h, grant(name, 10, GrantExpiry::Never)).await;
+    }
+    ok(&h, lock("a", "ha", 1, 60)).await;
+    ok(&h, lock("b", "hb", 1, 600)).await;
+    ok(&h, lock("b", "hb2", 1, 600)).await;
+    ok(&h, settle("b", "hb2", 1)).await;
+    let ids = |v: Vec<Hold>| v.into_iter().map(|h| h.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(h.store.open_holds(h.clock.now(), 10).await.unwrap()),
+        ["ha", "hb"]
+    );
+    h.clock.advance_secs(60);
+    assert_eq!(
+        ids(h.store.open_holds(h.clock.now(), 10).await.unwrap()),
+        ["hb"],
+        "an expired hold is not open"
+    );
+}
+
 macro_rules! contract {
     ($backend:ident: $($check:ident),* $(,)?) => {
         mod $backend {
@@ -475,4 +585,6 @@ contract!(sqlite:
     settings_round_trip,
     accounts_page_by_id,
     random_retries_apply_once,
+    credentials_name_accounts,
+    open_holds_across_accounts,
 );

@@ -10,10 +10,12 @@
 //! Reads use a small pool of separate connections; WAL lets them run while
 //! the writer writes, and they see only committed batches.
 
+mod credentials;
 mod rows;
 mod schema;
 
 use crate::clock::Clock;
+use crate::credential::{Credential, CredentialKey, CredentialRefusal};
 use crate::error::{ExecError, StoreError};
 use crate::executor::{apply_batch, plan, BATCH_REQUESTS_MAX};
 use crate::request::{Executed, Request, StoredEvent};
@@ -319,6 +321,56 @@ impl Store for SqliteStore {
                 [before.millis()],
             )? as u64)
         }))
+    }
+
+    fn open_holds(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Hold>, StoreError>> {
+        Box::pin(self.read(move |c| rows::open_holds(c, now, limit)))
+    }
+
+    fn add_credential(
+        &self,
+        account: &AccountId,
+        key: CredentialKey,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Result<Credential, CredentialRefusal>, StoreError>> {
+        let account = account.clone();
+        let id = crate::credential::credential_id(&key);
+        Box::pin(self.maintain(move |c| credentials::add(c, &account, &key, id, now)))
+    }
+
+    fn credentials(
+        &self,
+        account: &AccountId,
+    ) -> BoxFuture<'_, Result<Vec<Credential>, StoreError>> {
+        let account = account.clone();
+        Box::pin(self.read(move |c| credentials::list(c, &account)))
+    }
+
+    fn set_credential_active(
+        &self,
+        account: &AccountId,
+        credential_id: &str,
+        active: bool,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Option<Credential>, StoreError>> {
+        let (account, credential_id) = (account.clone(), credential_id.to_owned());
+        Box::pin(
+            self.maintain(move |c| {
+                credentials::set_active(c, &account, &credential_id, active, now)
+            }),
+        )
+    }
+
+    fn find_credential(
+        &self,
+        key: &CredentialKey,
+    ) -> BoxFuture<'_, Result<Option<Credential>, StoreError>> {
+        let key = key.clone();
+        Box::pin(self.read(move |c| credentials::find(c, &key)))
     }
 
     fn setting(&self, key: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {

@@ -207,6 +207,18 @@ pub fn load_holds(
     Ok(holds)
 }
 
+pub fn open_holds(
+    conn: &Connection,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<Hold>, StoreError> {
+    let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE status = 'held' AND expires_at > ?1 ORDER BY created_at, id LIMIT ?2");
+    collect(
+        conn.prepare_cached(&sql)?
+            .query_map(params![now.millis(), limit as i64], hold_row)?,
+    )
+}
+
 pub fn prefetch(conn: &Connection, plan: &Plan) -> Result<Prefetched, StoreError> {
     let mut out = Prefetched::default();
     let none = BTreeSet::new();

@@ -8,7 +8,8 @@ use crate::error::StoreError;
 use rusqlite::Connection;
 
 /// Applied in order; a database at `user_version = n` has the first `n`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     id              TEXT PRIMARY KEY,
     unit            TEXT NOT NULL,
@@ -82,7 +83,22 @@ CREATE TABLE settings (
     key    TEXT PRIMARY KEY,
     value  TEXT NOT NULL
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+CREATE TABLE credentials (
+    id          TEXT PRIMARY KEY,
+    account_id  TEXT NOT NULL,
+    -- sk:<sha256 of a private key> or pk:<public identifier>
+    lookup      TEXT NOT NULL UNIQUE,
+    public      INTEGER NOT NULL,
+    display     TEXT NOT NULL,
+    active      INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+CREATE INDEX credentials_account ON credentials(account_id, created_at);
+"#,
+];
 
 /// Brings the database up to the newest schema; returns how many migrations ran.
 pub fn migrate(conn: &mut Connection) -> Result<usize, StoreError> {
