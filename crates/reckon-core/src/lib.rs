@@ -25,7 +25,7 @@ pub mod time;
 
 pub use account::{
     Account, AccountId, AccountState, AccountStatus, Allocation, Balance, Grant, Hold, HoldStatus,
-    IdError, OveragePolicy, Totals, Unit,
+    IdError, OveragePolicy, Totals, Unit, HOLD_TTL_SECS_MAX,
 };
 pub use amount::{Amount, AmountError, Rounding};
 pub use command::{

@@ -1,7 +1,9 @@
 //! # reckon-server: Reckon over HTTP
 //!
 //! - [`native`]: the native `/v1` API, one file per area (accounts, grants,
-//!   usage, events), each owning its routes.
+//!   usage, holds, credentials, events), each owning its routes.
+//! - [`compat`]: the seed systems' own protocols (nilauth-credit), as thin
+//!   adapters over the same commands.
 //! - [`auth`]: API keys, scopes and the extractors that enforce them.
 //! - [`wire`]: parsing at the boundary (exact amounts, times, ids, limits)
 //!   and the JSON body extractor; [`views`]: what responses look like.
@@ -14,6 +16,7 @@
 //! Start a server with [`serve`] on any listener (tests bind port 0).
 
 pub mod auth;
+pub mod compat;
 pub mod config;
 pub mod error;
 pub mod native;
@@ -114,6 +117,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .merge(native::router())
+        .merge(compat::router())
         .with_state(state)
         .merge(openapi::router())
         .layer(DefaultBodyLimit::max(wire::BODY_BYTES_MAX))

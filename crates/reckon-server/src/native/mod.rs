@@ -1,8 +1,10 @@
 //! The native `/v1` API. Each file owns its routes, request bodies and handlers.
 
 pub mod accounts;
+pub mod credentials;
 pub mod events;
 pub mod grants;
+pub mod holds;
 pub mod usage;
 
 use crate::AppState;
@@ -14,4 +16,6 @@ pub fn router() -> Router<AppState> {
         .merge(grants::router())
         .merge(usage::router())
         .merge(events::router())
+        .merge(holds::router())
+        .merge(credentials::router())
 }

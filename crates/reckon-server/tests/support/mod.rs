@@ -81,6 +81,16 @@ impl App {
             .to_owned()
     }
 
+    /// One scheduler pass at the fake clock's time, as the running server's
+    /// scheduler would make it (a second handle on the same database, whose
+    /// writer uses the same fake clock).
+    pub async fn sweep(&self) -> reckon_server::scheduler::SweepReport {
+        let store = reckon_store::SqliteStore::open(&self.db_path, self.clock.clone()).unwrap();
+        reckon_server::scheduler::sweep_once(&store, self.clock.now(), 86_400)
+            .await
+            .unwrap()
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
