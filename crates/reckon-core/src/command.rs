@@ -19,6 +19,12 @@ pub enum Command {
     Sweep {
         account: AccountId,
     },
+    /// "May the account spend `amount` now?" Changes nothing; it is a command
+    /// so that inside a batch it sees the operations before it.
+    Check {
+        account: AccountId,
+        amount: Amount,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +119,7 @@ impl Command {
             Command::Settle(c) => &c.account,
             Command::Release(c) => &c.account,
             Command::Sweep { account } => account,
+            Command::Check { account, .. } => account,
         }
     }
 
@@ -136,6 +143,7 @@ impl Command {
             Command::Settle(_) => "settle",
             Command::Release(_) => "release",
             Command::Sweep { .. } => "sweep",
+            Command::Check { .. } => "check",
         }
     }
 
@@ -189,6 +197,7 @@ impl Command {
             ),
             Command::Release(c) => format!("release|{}|{}", c.account, c.hold_id),
             Command::Sweep { account } => format!("sweep|{account}"),
+            Command::Check { account, amount } => format!("check|{account}|{}", amount.micros()),
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct Outcome {
     pub grant: Option<Grant>,
     /// The hold a `Lock`, `Settle` or `Release` command made or resolved.
     pub hold: Option<Hold>,
+    /// The answer to a `Check` command.
+    pub check: Option<Check>,
 }
 
 /// Applies `command` to `state` (`None` when the account does not exist yet).
@@ -56,6 +58,7 @@ pub fn apply(
             (next, events)
         }
     };
+    let mut answer = None;
     let (grant, hold) = match command {
         Command::CreateAccount(_) => {
             events.push(event(&next, EventKind::AccountCreated, Amount::ZERO, now));
@@ -75,6 +78,10 @@ pub fn apply(
         Command::Settle(c) => (None, Some(settle(&mut next, c, now, &mut events)?)),
         Command::Release(c) => (None, Some(release(&mut next, c, now, &mut events)?)),
         Command::Sweep { .. } => (None, None),
+        Command::Check { amount, .. } => {
+            answer = Some(check_materialised(&next, *amount, now));
+            (None, None)
+        }
     };
     prune(&mut next);
     debug_assert_eq!(
@@ -87,6 +94,7 @@ pub fn apply(
         balance: next.balance_materialised(),
         grant,
         hold,
+        check: answer,
     };
     Ok(Applied {
         state: next,
@@ -105,7 +113,13 @@ pub struct Check {
 }
 
 pub fn check(state: &AccountState, amount: Amount, now: Timestamp) -> Check {
-    let available = state.balance_at(now).available;
+    let mut view = state.clone();
+    advance(&mut view, now);
+    check_materialised(&view, amount, now)
+}
+
+fn check_materialised(state: &AccountState, amount: Amount, now: Timestamp) -> Check {
+    let available = state.balance_materialised().available;
     let reason = spend_refusal(state, amount, available, now).err();
     Check {
         allowed: reason.is_none(),

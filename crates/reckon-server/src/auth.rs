@@ -128,8 +128,8 @@ fn presented_scope(parts: &Parts, keys: &Keys) -> Result<Scope, ApiError> {
     best.ok_or_else(ApiError::unauthorized)
 }
 
-/// Extractor: the caller holds at least a service key.
-pub struct ServiceAuth;
+/// Extractor: the caller holds at least a service key; carries which scope.
+pub struct ServiceAuth(pub Scope);
 
 impl FromRequestParts<AppState> for ServiceAuth {
     type Rejection = ApiError;
@@ -138,7 +138,7 @@ impl FromRequestParts<AppState> for ServiceAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        presented_scope(parts, &state.keys).map(|_| ServiceAuth)
+        presented_scope(parts, &state.keys).map(ServiceAuth)
     }
 }
 

@@ -3,7 +3,7 @@
 //! The UI's files are compiled into the binary (the `vendored` feature), so
 //! `/docs` works without internet access.
 
-use crate::native::{accounts, credentials, events, grants, holds, usage};
+use crate::native::{accounts, batch, credentials, events, grants, holds, usage};
 use axum::Router;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -19,6 +19,7 @@ use utoipa_swagger_ui::SwaggerUi;
         usage::record_usage, usage::check,
         events::list_events,
         holds::lock, holds::settle, holds::release, holds::get_hold, holds::list_holds,
+        batch::batch,
         credentials::add_credential, credentials::list_credentials, credentials::deactivate, credentials::activate,
     ),
     modifiers(&Security),
@@ -28,6 +29,7 @@ use utoipa_swagger_ui::SwaggerUi;
         (name = "usage", description = "Value out, and the question before it"),
         (name = "events", description = "The audit trail"),
         (name = "holds", description = "Lock an estimate, then settle the real cost or release"),
+        (name = "batch", description = "Many operations, one request, one commit"),
         (name = "credentials", description = "Keys that name an account (nilauth-credit)"),
     )
 )]

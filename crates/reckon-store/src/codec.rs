@@ -169,10 +169,12 @@ pub fn decode_outcome(text: &str) -> Result<Outcome, StoreError> {
             resolved_at: get_ts(h, "resolved_at")?,
         }),
     };
+    // Checks are never stored: they carry no idempotency key.
     Ok(Outcome {
         account,
         balance,
         grant,
         hold,
+        check: None,
     })
 }

@@ -139,6 +139,14 @@ pub fn apply_batch(
         let state = prefetched.accounts.get(id);
         match apply(state, &request.command, now) {
             Err(rejection) => results.push(Err(ExecError::Rejected(rejection))),
+            // Every state change produces an event, so a command with none
+            // (a check, a sweep with nothing due) has nothing to write.
+            Ok(applied) if applied.events.is_empty() => {
+                results.push(Ok(Executed {
+                    outcome: applied.outcome,
+                    replayed: false,
+                }));
+            }
             Ok(applied) => {
                 before.entry(id.clone()).or_insert_with(|| state.cloned());
                 for event in applied.events {

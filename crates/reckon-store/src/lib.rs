@@ -67,6 +67,12 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>>;
 
+    /// The accounts the given holds belong to; unknown ids are absent.
+    fn hold_accounts(
+        &self,
+        hold_ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<std::collections::HashMap<String, AccountId>, StoreError>>;
+
     /// One hold, in whatever status it is.
     fn hold(&self, hold_id: &str) -> BoxFuture<'_, Result<Option<Hold>, StoreError>>;
 

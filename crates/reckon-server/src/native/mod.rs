@@ -1,6 +1,7 @@
 //! The native `/v1` API. Each file owns its routes, request bodies and handlers.
 
 pub mod accounts;
+pub mod batch;
 pub mod credentials;
 pub mod events;
 pub mod grants;
@@ -18,4 +19,5 @@ pub fn router() -> Router<AppState> {
         .merge(events::router())
         .merge(holds::router())
         .merge(credentials::router())
+        .merge(batch::router())
 }

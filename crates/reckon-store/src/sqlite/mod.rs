@@ -288,6 +288,13 @@ impl Store for SqliteStore {
         Box::pin(self.read(move |c| rows::load_events(c, &id, before, limit.min(PAGE_SIZE_MAX))))
     }
 
+    fn hold_accounts(
+        &self,
+        hold_ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<std::collections::HashMap<String, AccountId>, StoreError>> {
+        Box::pin(self.read(move |c| rows::hold_accounts(c, &hold_ids)))
+    }
+
     fn hold(&self, hold_id: &str) -> BoxFuture<'_, Result<Option<Hold>, StoreError>> {
         let hold_id = hold_id.to_owned();
         Box::pin(self.read(move |c| rows::load_hold(c, &hold_id)))

@@ -168,6 +168,26 @@ pub fn load_account(
     }))
 }
 
+pub fn hold_accounts(
+    conn: &Connection,
+    hold_ids: &[String],
+) -> Result<std::collections::HashMap<String, AccountId>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT account_id FROM holds WHERE id = ?1")?;
+    let mut out = std::collections::HashMap::new();
+    for id in hold_ids {
+        if out.contains_key(id) {
+            continue;
+        }
+        if let Some(account) = stmt
+            .query_row([id.as_str()], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            out.insert(id.clone(), account_id(&account)?);
+        }
+    }
+    Ok(out)
+}
+
 pub fn load_hold(conn: &Connection, hold_id: &str) -> Result<Option<Hold>, StoreError> {
     let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = ?1");
     conn.prepare_cached(&sql)?

@@ -1,0 +1,367 @@
+//! `POST /v1/batch`: many operations in one request, applied in order in one
+//! commit. Each operation gets its own result; a bad one fails alone.
+
+use crate::auth::{Scope, ServiceAuth};
+use crate::error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
+use crate::native::holds::ttl_secs;
+use crate::views::{BalanceView, GrantView, HoldView};
+use crate::wire::{self, JsonBody};
+use crate::AppState;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use reckon_core::{
+    Command, CreateAccount, GrantCmd, GrantExpiry, LockCmd, OveragePolicy, ReleaseCmd, SettleCmd,
+    Unit, UsageCmd,
+};
+use reckon_store::{ExecError, Executed, IdempotencyKey, Request};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// Most operations one batch may carry.
+pub const BATCH_OPERATIONS_MAX: usize = 1_000;
+/// Largest batch body.
+pub const BATCH_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(
+        "/v1/batch",
+        post(batch).layer(DefaultBodyLimit::max(BATCH_BODY_BYTES_MAX)),
+    )
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// Up to 1,000 operations, applied in order. Each is an object with an
+    /// `op` of usage, check, grant, lock, settle, release or create_account
+    /// and that operation's fields (as in its own endpoint), e.g.
+    /// `{"op": "usage", "account_id": "a", "amount": "1", "idempotency_key": "k1"}`,
+    /// `{"op": "settle", "hold_id": "...", "amount": 2}`.
+    #[schema(value_type = Vec<Object>)]
+    pub operations: Vec<Value>,
+}
+
+/// One operation's result: `ok` and its data, or `error`.
+#[derive(Serialize, ToSchema)]
+pub struct OpResult {
+    pub ok: bool,
+    /// The status the operation would have had as its own request.
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<BalanceView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldView>,
+    /// For check: may the account spend the amount?
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+}
+
+impl OpResult {
+    fn failed(e: ApiError) -> OpResult {
+        OpResult {
+            ok: false,
+            status: e.status.as_u16(),
+            error: Some(ErrorDetail {
+                code: e.code,
+                message: e.message,
+            }),
+            balance: None,
+            grant: None,
+            hold: None,
+            allowed: None,
+            reason: None,
+            replayed: false,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<OpResult>,
+}
+
+/// Fields any operation may carry; `deny_unknown_fields` catches typos.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Op {
+    op: String,
+    account_id: Option<String>,
+    hold_id: Option<String>,
+    amount: Option<Value>,
+    idempotency_key: Option<String>,
+    attributes: Option<Value>,
+    ttl_secs: Option<u64>,
+    overage: Option<String>,
+    expires_at: Option<Value>,
+    valid_for_secs: Option<u64>,
+    source: Option<String>,
+    unit: Option<String>,
+}
+
+fn required<'a, T>(v: &'a Option<T>, field: &str) -> ApiResult<&'a T> {
+    v.as_ref()
+        .ok_or_else(|| ApiError::invalid("invalid_field", format!("{field} is required")))
+}
+
+/// Builds a settle or release once the hold's account is known.
+type HoldCommand = Box<dyn FnOnce(reckon_core::AccountId) -> Command + Send>;
+
+/// What an operation parses into before hold ids are resolved.
+enum Parsed {
+    Ready(Request),
+    /// Settle or release: the account comes from the hold.
+    NeedsHold {
+        hold_id: String,
+        make: HoldCommand,
+        idempotency_key: Option<IdempotencyKey>,
+        attributes: Option<String>,
+    },
+}
+
+fn parse(state: &AppState, scope: Scope, raw: Value) -> ApiResult<Parsed> {
+    let op: Op = serde_json::from_value(raw)
+        .map_err(|e| ApiError::invalid("invalid_json", e.to_string()))?;
+    let key = op
+        .idempotency_key
+        .as_deref()
+        .map(|k| wire::idempotency_key(&Default::default(), Some(k)))
+        .transpose()?
+        .flatten();
+    let attributes = op
+        .attributes
+        .as_ref()
+        .map(|a| wire::json_object(a, "attributes"))
+        .transpose()?;
+    let account = || wire::account_id(required(&op.account_id, "account_id")?);
+    let admin_only = || {
+        if scope == Scope::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    };
+    let command = match op.op.as_str() {
+        "usage" => Command::Usage(UsageCmd {
+            account: account()?,
+            amount: wire::positive_amount(required(&op.amount, "amount")?, "amount")?,
+        }),
+        "check" => Command::Check {
+            account: account()?,
+            amount: wire::amount(required(&op.amount, "amount")?, "amount")?,
+        },
+        "lock" => Command::Lock(LockCmd {
+            account: account()?,
+            hold_id: crate::new_id(),
+            amount: wire::positive_amount(required(&op.amount, "amount")?, "amount")?,
+            ttl_secs: ttl_secs(state, op.ttl_secs)?,
+        }),
+        "grant" => {
+            admin_only()?;
+            let expiry = match (&op.expires_at, op.valid_for_secs) {
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::invalid(
+                        "invalid_field",
+                        "give expires_at or valid_for_secs, not both",
+                    ))
+                }
+                (Some(v), None) => GrantExpiry::At(wire::timestamp(v, "expires_at")?),
+                (None, Some(s)) if s > 0 => GrantExpiry::AfterSecs(s),
+                (None, Some(_)) => {
+                    return Err(ApiError::invalid(
+                        "invalid_field",
+                        "valid_for_secs must be at least 1",
+                    ))
+                }
+                (None, None) => GrantExpiry::Never,
+            };
+            Command::Grant(GrantCmd {
+                account: account()?,
+                grant_id: crate::new_id(),
+                amount: wire::positive_amount(required(&op.amount, "amount")?, "amount")?,
+                expiry,
+                source: op
+                    .source
+                    .as_deref()
+                    .map(|s| wire::short_text(s, "source"))
+                    .transpose()?
+                    .unwrap_or_else(|| "manual".into()),
+            })
+        }
+        "create_account" => {
+            admin_only()?;
+            Command::CreateAccount(CreateAccount {
+                id: account()?,
+                unit: match &op.unit {
+                    Some(u) => Unit::parse(u)
+                        .map_err(|e| ApiError::invalid("invalid_field", format!("unit {e}")))?,
+                    None => Unit::default(),
+                },
+                expires_at: op
+                    .expires_at
+                    .as_ref()
+                    .map(|v| wire::timestamp(v, "expires_at"))
+                    .transpose()?,
+                timezone: None,
+                metadata: "{}".into(),
+                overage: OveragePolicy::default(),
+            })
+        }
+        "settle" | "release" => {
+            let hold_id = required(&op.hold_id, "hold_id")?.clone();
+            let make: HoldCommand = if op.op == "settle" {
+                let amount = wire::amount(required(&op.amount, "amount")?, "amount")?;
+                let overage = match op.overage.as_deref() {
+                    None => None,
+                    Some(o) => Some(OveragePolicy::parse(o).ok_or_else(|| {
+                        ApiError::invalid("invalid_field", "overage must be reject, cap or allow")
+                    })?),
+                };
+                let id = hold_id.clone();
+                Box::new(move |account| {
+                    Command::Settle(SettleCmd {
+                        account,
+                        hold_id: id,
+                        amount,
+                        overage,
+                    })
+                })
+            } else {
+                let id = hold_id.clone();
+                Box::new(move |account| {
+                    Command::Release(ReleaseCmd {
+                        account,
+                        hold_id: id,
+                    })
+                })
+            };
+            return Ok(Parsed::NeedsHold {
+                hold_id,
+                make,
+                idempotency_key: key,
+                attributes,
+            });
+        }
+        other => {
+            return Err(ApiError::invalid(
+                "invalid_op",
+                format!("unknown op {other:?}"),
+            ))
+        }
+    };
+    Ok(Parsed::Ready(Request {
+        command,
+        idempotency_key: key,
+        attributes,
+    }))
+}
+
+fn render(state: &AppState, result: Result<Executed, ExecError>) -> OpResult {
+    match result {
+        Err(e) => OpResult::failed(e.into()),
+        Ok(executed) => {
+            let o = executed.outcome;
+            OpResult {
+                ok: true,
+                status: 200,
+                error: None,
+                balance: Some(o.balance.into()),
+                grant: o.grant.as_ref().map(GrantView::from),
+                hold: o.hold.as_ref().map(|h| HoldView::at(h, state.now())),
+                allowed: o.check.map(|c| c.allowed),
+                reason: o
+                    .check
+                    .and_then(|c| c.reason.map(reckon_core::Rejection::code)),
+                replayed: executed.replayed,
+            }
+        }
+    }
+}
+
+/// Apply many operations in order, committed together.
+#[utoipa::path(post, path = "/v1/batch", tag = "batch", request_body = BatchBody,
+    responses((status = 200, description = "one result per operation, in order", body = BatchResponse),
+        (status = 400, description = "the batch itself is malformed or too long", body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn batch(
+    ServiceAuth(scope): ServiceAuth,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<BatchBody>,
+) -> ApiResult<Json<BatchResponse>> {
+    if body.operations.is_empty() || body.operations.len() > BATCH_OPERATIONS_MAX {
+        return Err(ApiError::invalid(
+            "invalid_batch",
+            format!("a batch carries 1 to {BATCH_OPERATIONS_MAX} operations"),
+        ));
+    }
+    let parsed: Vec<ApiResult<Parsed>> = body
+        .operations
+        .into_iter()
+        .map(|raw| parse(&state, scope, raw))
+        .collect();
+    let hold_ids: Vec<String> = parsed
+        .iter()
+        .filter_map(|p| match p {
+            Ok(Parsed::NeedsHold { hold_id, .. }) => Some(hold_id.clone()),
+            _ => None,
+        })
+        .collect();
+    let accounts = if hold_ids.is_empty() {
+        Default::default()
+    } else {
+        state.store.hold_accounts(hold_ids).await?
+    };
+    // Requests to run, and for each operation either its index among them or its error.
+    let mut requests = Vec::with_capacity(parsed.len());
+    let mut slots: Vec<Result<usize, ApiError>> = Vec::with_capacity(parsed.len());
+    for p in parsed {
+        let request = match p {
+            Err(e) => Err(e),
+            Ok(Parsed::Ready(r)) => Ok(r),
+            Ok(Parsed::NeedsHold {
+                hold_id,
+                make,
+                idempotency_key,
+                attributes,
+            }) => match accounts.get(&hold_id) {
+                Some(account) => Ok(Request {
+                    command: make(account.clone()),
+                    idempotency_key,
+                    attributes,
+                }),
+                None => Err(reckon_core::Rejection::HoldNotFound.into()),
+            },
+        };
+        slots.push(request.map(|r| {
+            requests.push(r);
+            requests.len() - 1
+        }));
+    }
+    let mut executed: Vec<Option<Result<Executed, ExecError>>> = state
+        .store
+        .submit_many(requests)
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
+    let results = slots
+        .into_iter()
+        .map(|slot| match slot {
+            Err(e) => OpResult::failed(e),
+            Ok(i) => render(
+                &state,
+                executed[i].take().expect("each request answers once"),
+            ),
+        })
+        .collect();
+    Ok(Json(BatchResponse { results }))
+}
