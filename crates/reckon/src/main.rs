@@ -5,6 +5,8 @@
 //! the same executor and core as the API, so they are safe to run while a
 //! server is using the same SQLite file.
 
+mod bench;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use reckon_core::{
@@ -40,6 +42,8 @@ enum Cmd {
     Grant(GrantArgs),
     /// Record usage against an account.
     Usage(UsageArgs),
+    /// Drive load at a server and report throughput, latency and memory.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -153,6 +157,7 @@ fn run(cli: Cli) -> Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Cmd::Serve(args) => serve(args).await,
+            Cmd::Bench(args) => bench::run(args).await,
             Cmd::Migrate(db) => migrate(db),
             Cmd::Account(AccountCmd::Create {
                 id,

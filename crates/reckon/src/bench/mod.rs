@@ -1,0 +1,152 @@
+//! `reckon bench`: a load generator for a running Reckon (or one it starts).
+//!
+//! Each connection is one HTTP/1.1 keep-alive connection driven by its own
+//! task. Closed loop sends the next request when the previous answer is in
+//! (maximum throughput). Open loop (`--rate`) schedules requests at fixed
+//! intervals and measures latency from the *intended* send time, so a slow
+//! server is charged for the queue it causes (no coordinated omission).
+//!
+//! Scenarios: `healthz` (no database: the HTTP ceiling of the machine),
+//! `check`, `usage`, `lock-settle` (one op = a lock and its settle),
+//! `batch` (`--batch-size` usage operations per request; ops count each
+//! operation), `mixed` (60 % usage, 30 % check, 10 % lock-settle).
+
+mod report;
+mod server;
+mod worker;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::time::Duration;
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// Scenarios to run in order, comma-separated: healthz, check, usage, lock-settle, batch, mixed.
+    #[arg(long, default_value = "healthz,usage")]
+    pub scenarios: String,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Measured seconds per scenario.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Unmeasured seconds before each scenario.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_secs: f64,
+    /// Open loop: total requests per second across all connections.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Accounts the load is spread over.
+    #[arg(long, default_value_t = 1000)]
+    pub accounts: usize,
+    /// Send every operation to one account.
+    #[arg(long)]
+    pub hot: bool,
+    /// Operations per request in the batch scenario.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// A running server to load; without it, bench starts its own on a fresh database.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Admin key of the server at --url (for setup).
+    #[arg(long, env = "RECKON_ADMIN_KEY")]
+    pub key: Option<String>,
+    /// Process id of the server at --url, to report its peak RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Database for the server bench starts (default: a fresh temporary one).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// The accounts already exist (bench-0 .. bench-N with large grants).
+    #[arg(long)]
+    pub skip_setup: bool,
+    /// Write the results as JSON here.
+    #[arg(long, default_value = "bench-result.json")]
+    pub out: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    Healthz,
+    Check,
+    Usage,
+    LockSettle,
+    Batch,
+    Mixed,
+}
+
+impl Scenario {
+    fn parse(text: &str) -> Result<Scenario> {
+        Ok(match text.trim() {
+            "healthz" => Scenario::Healthz,
+            "check" => Scenario::Check,
+            "usage" => Scenario::Usage,
+            "lock-settle" | "lock+settle" => Scenario::LockSettle,
+            "batch" => Scenario::Batch,
+            "mixed" => Scenario::Mixed,
+            other => bail!("unknown scenario {other:?}"),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Healthz => "healthz",
+            Scenario::Check => "check",
+            Scenario::Usage => "usage",
+            Scenario::LockSettle => "lock-settle",
+            Scenario::Batch => "batch",
+            Scenario::Mixed => "mixed",
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let scenarios = args
+        .scenarios
+        .split(',')
+        .map(Scenario::parse)
+        .collect::<Result<Vec<_>>>()?;
+    if args.connections == 0 || args.accounts == 0 || args.batch_size == 0 || args.batch_size > 1000
+    {
+        bail!("--connections and --accounts must be at least 1, --batch-size 1 to 1000");
+    }
+    let server = match &args.url {
+        Some(url) => server::Target::external(url, args.key.clone(), args.server_pid)?,
+        None => server::Target::spawn(args.database.as_deref()).await?,
+    };
+    if !args.skip_setup && scenarios.iter().any(|s| *s != Scenario::Healthz) {
+        let started = std::time::Instant::now();
+        server
+            .setup_accounts(args.accounts)
+            .await
+            .context("creating bench accounts")?;
+        eprintln!(
+            "setup: {} accounts in {:.1}s",
+            args.accounts,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let mut results = Vec::new();
+    for scenario in scenarios {
+        let config = worker::LoadConfig {
+            scenario,
+            connections: args.connections,
+            warmup: Duration::from_secs_f64(args.warmup_secs),
+            duration: Duration::from_secs_f64(args.duration_secs),
+            rate: args.rate,
+            accounts: if args.hot { 1 } else { args.accounts },
+            batch_size: args.batch_size,
+        };
+        let result = worker::run_load(&server, &config).await?;
+        report::print(&result);
+        results.push(result);
+    }
+    let rss_kb = server.peak_rss_kb();
+    if let Some(kb) = rss_kb {
+        println!("server peak RSS: {:.1} MB", kb as f64 / 1024.0);
+    }
+    report::write_json(&args.out, &args, &results, rss_kb)?;
+    println!("results written to {}", args.out);
+    server.stop();
+    Ok(())
+}

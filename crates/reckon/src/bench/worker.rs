@@ -1,0 +1,319 @@
+//! The load itself: one task per connection, closed or open loop.
+
+use super::report::ScenarioResult;
+use super::server::Target;
+use super::Scenario;
+use anyhow::Result;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::Method;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct LoadConfig {
+    pub scenario: Scenario,
+    pub connections: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub rate: Option<f64>,
+    pub accounts: usize,
+    pub batch_size: usize,
+}
+
+/// Pre-built batch bodies the batch scenario rotates through, so building
+/// JSON does not eat the load generator's CPU.
+const BATCH_BODY_VARIANTS: usize = 16;
+
+struct Stats {
+    latency_us: Histogram<u64>,
+    ops: u64,
+    requests: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+/// A tiny xorshift: the bench needs spread, not cryptography.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioResult> {
+    let batch_bodies: Arc<Vec<Bytes>> = Arc::new(
+        (0..BATCH_BODY_VARIANTS)
+            .map(|v| {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (v as u64 + 1));
+                let ops: Vec<serde_json::Value> = (0..config.batch_size)
+                    .map(|_| serde_json::json!({"op": "usage", "account_id": format!("bench-{}", rng.below(config.accounts)), "amount": "1"}))
+                    .collect();
+                Bytes::from(serde_json::to_vec(&serde_json::json!({ "operations": ops })).expect("json"))
+            })
+            .collect(),
+    );
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_from = start + config.warmup;
+    let end = measure_from + config.duration;
+    let interval = config
+        .rate
+        .map(|r| Duration::from_secs_f64(config.connections as f64 / r));
+    let mut tasks = Vec::new();
+    for i in 0..config.connections {
+        let mut sender = server.connect().await?;
+        let target = TargetRef {
+            host: server.host.clone(),
+            key: server.key.clone(),
+        };
+        let scenario = config.scenario;
+        let accounts = config.accounts;
+        let batch_size = config.batch_size as u64;
+        let bodies = batch_bodies.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stats = Stats {
+                latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+                ops: 0,
+                requests: 0,
+                errors: BTreeMap::new(),
+            };
+            let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ ((i as u64 + 1) * 0x9e37_79b9));
+            // Open loop: stagger the connections across one interval.
+            let mut next_at = start
+                + interval.map_or(Duration::ZERO, |iv| {
+                    iv.mul_f64(i as f64 / 64.0_f64.max(1.0))
+                });
+            tokio::time::sleep_until(start.into()).await;
+            loop {
+                let intended = match interval {
+                    Some(iv) => {
+                        let t = next_at;
+                        next_at += iv;
+                        if t > Instant::now() {
+                            tokio::time::sleep_until(t.into()).await;
+                        }
+                        t
+                    }
+                    None => Instant::now(),
+                };
+                if intended >= end {
+                    break;
+                }
+                let outcome = perform(
+                    &mut sender,
+                    &target,
+                    scenario,
+                    accounts,
+                    batch_size,
+                    &bodies,
+                    &mut rng,
+                )
+                .await;
+                let done = Instant::now();
+                if intended < measure_from {
+                    continue;
+                }
+                stats.requests += 1;
+                match outcome {
+                    Ok(ops) => {
+                        stats.ops += ops;
+                        let _ = stats
+                            .latency_us
+                            .record(done.duration_since(intended).as_micros().max(1) as u64);
+                    }
+                    Err(what) => *stats.errors.entry(what).or_insert(0) += 1,
+                }
+                if sender.is_closed() {
+                    // The server closed the connection: open a new one.
+                    match TargetRef::reconnect(&target).await {
+                        Some(s) => sender = s,
+                        None => break,
+                    }
+                }
+            }
+            stats
+        }));
+    }
+    let mut total = Stats {
+        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        ops: 0,
+        requests: 0,
+        errors: BTreeMap::new(),
+    };
+    for t in tasks {
+        let s = t.await?;
+        total.latency_us.add(&s.latency_us).expect("same bounds");
+        total.ops += s.ops;
+        total.requests += s.requests;
+        for (k, v) in s.errors {
+            *total.errors.entry(k).or_insert(0) += v;
+        }
+    }
+    let secs = config.duration.as_secs_f64();
+    let h = &total.latency_us;
+    Ok(ScenarioResult {
+        scenario: config.scenario.name(),
+        connections: config.connections,
+        rate: config.rate,
+        accounts: config.accounts,
+        batch_size: (config.scenario == Scenario::Batch).then_some(config.batch_size),
+        duration_secs: secs,
+        requests: total.requests,
+        ops: total.ops,
+        ops_per_sec: total.ops as f64 / secs,
+        requests_per_sec: total.requests as f64 / secs,
+        p50_us: h.value_at_quantile(0.50),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+        errors: total.errors,
+    })
+}
+
+/// What a worker needs to build requests and reconnect.
+struct TargetRef {
+    host: String,
+    key: String,
+}
+
+impl TargetRef {
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> hyper::Request<Full<Bytes>> {
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host)
+            .header("x-api-key", &self.key);
+        if body.is_some() {
+            b = b.header("content-type", "application/json");
+        }
+        b.body(Full::new(body.unwrap_or_default()))
+            .expect("a valid request")
+    }
+
+    async fn reconnect(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let addr: std::net::SocketAddr = self.host.parse().ok()?;
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream.set_nodelay(true).ok()?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Some(sender)
+    }
+}
+
+const ONE: &[u8] = br#"{"amount":"1"}"#;
+
+/// Sends one request and reads the whole answer: `Ok(status, body)`, or a
+/// label for what went wrong.
+async fn send(
+    sender: &mut SendRequest<Full<Bytes>>,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<Bytes, String> {
+    sender.ready().await.map_err(|_| "connection".to_owned())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|_| "connection".to_owned())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| "connection".to_owned())?
+        .to_bytes();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(status.as_u16().to_string())
+    }
+}
+
+/// One operation of the scenario; returns how many ledger operations it was.
+async fn perform(
+    sender: &mut SendRequest<Full<Bytes>>,
+    target: &TargetRef,
+    scenario: Scenario,
+    accounts: usize,
+    batch_size: u64,
+    bodies: &[Bytes],
+    rng: &mut Rng,
+) -> Result<u64, String> {
+    let scenario = match scenario {
+        Scenario::Mixed => match rng.below(10) {
+            0..=5 => Scenario::Usage,
+            6..=8 => Scenario::Check,
+            _ => Scenario::LockSettle,
+        },
+        s => s,
+    };
+    let account = rng.below(accounts);
+    match scenario {
+        Scenario::Healthz => send(sender, target.request(Method::GET, "/healthz", None))
+            .await
+            .map(|_| 1),
+        Scenario::Check => {
+            let path = format!("/v1/accounts/bench-{account}/check");
+            send(
+                sender,
+                target.request(Method::POST, &path, Some(Bytes::from_static(ONE))),
+            )
+            .await
+            .map(|_| 1)
+        }
+        Scenario::Usage => {
+            let path = format!("/v1/accounts/bench-{account}/usage");
+            send(
+                sender,
+                target.request(Method::POST, &path, Some(Bytes::from_static(ONE))),
+            )
+            .await
+            .map(|_| 1)
+        }
+        Scenario::LockSettle => {
+            let body = format!(r#"{{"account_id":"bench-{account}","amount":"2"}}"#);
+            let answer = send(
+                sender,
+                target.request(Method::POST, "/v1/holds", Some(Bytes::from(body))),
+            )
+            .await?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&answer).map_err(|_| "bad-json".to_owned())?;
+            let id = v["id"].as_str().ok_or_else(|| "no-hold-id".to_owned())?;
+            let path = format!("/v1/holds/{id}/settle");
+            send(
+                sender,
+                target.request(Method::POST, &path, Some(Bytes::from_static(ONE))),
+            )
+            .await
+            .map(|_| 1)
+        }
+        Scenario::Batch => {
+            let body = bodies[rng.below(bodies.len())].clone();
+            send(
+                sender,
+                target.request(Method::POST, "/v1/batch", Some(body)),
+            )
+            .await
+            .map(|_| batch_size)
+        }
+        Scenario::Mixed => unreachable!("mixed picks a concrete scenario above"),
+    }
+}
