@@ -107,12 +107,19 @@ impl Writes {
     }
 }
 
+/// What a batch produced.
+pub struct BatchOutput {
+    /// One answer per request, in order.
+    pub results: Vec<Result<Executed, ExecError>>,
+    /// What to persist before answering.
+    pub writes: Writes,
+    /// Prefetched accounts the batch did not change, handed back so a
+    /// backend that caches state can keep them without a copy.
+    pub unchanged: HashMap<AccountId, AccountState>,
+}
+
 /// Applies `requests` in order at `now`. Pure: no I/O, no clock.
-pub fn apply_batch(
-    mut prefetched: Prefetched,
-    requests: &[Request],
-    now: Timestamp,
-) -> (Vec<Result<Executed, ExecError>>, Writes) {
+pub fn apply_batch(mut prefetched: Prefetched, requests: &[Request], now: Timestamp) -> BatchOutput {
     let mut before: HashMap<AccountId, Option<AccountState>> = HashMap::new();
     let mut writes = Writes::default();
     let mut results = Vec::with_capacity(requests.len());
@@ -186,11 +193,10 @@ pub fn apply_batch(
         writes.accounts.push(AccountWrite { before, after });
     }
     // A stable write order keeps row locks on shared backends in one order too.
-    writes
-        .accounts
-        .sort_by(|a, b| a.after.account.id.cmp(&b.after.account.id));
-    (results, writes)
+    writes.accounts.sort_by(|a, b| a.after.account.id.cmp(&b.after.account.id));
+    BatchOutput { results, writes, unchanged: prefetched.accounts }
 }
+
 
 /// The earliest instant at which an account next needs the sweeper: its
 /// first grant or open-hold expiry. Stored so the sweeper finds due

@@ -559,6 +559,22 @@ async fn open_holds_across_accounts(h: Harness) {
     );
 }
 
+/// Another writer on the same database (the CLI on the SQLite file, another
+/// node on PostgreSQL) is never hidden by anything this store keeps in memory.
+async fn writes_of_another_handle_are_seen(h: Harness) {
+    ok(&h, create("a")).await;
+    ok(&h, grant("a", 5, GrantExpiry::Never)).await;
+    ok(&h, usage("a", 5)).await; // the account is now warm in this store
+    let other = (h.reopen)();
+    other.submit(grant("a", 3, GrantExpiry::Never)).await.unwrap();
+    let e = ok(&h, usage("a", 2)).await;
+    assert_eq!(e.outcome.balance.available, units(1), "the first store saw the other's grant");
+    other.submit(usage("a", 1)).await.unwrap();
+    assert_eq!(rejected(&h, usage("a", 1)).await, Rejection::InsufficientBalance, "and its usage");
+    let state = h.store.account(&id("a")).await.unwrap().unwrap();
+    assert_eq!((state.totals.granted, state.totals.used), (units(8), units(8)));
+}
+
 macro_rules! contract {
     ($backend:ident: $($check:ident),* $(,)?) => {
         mod $backend {
@@ -587,4 +603,5 @@ contract!(sqlite:
     random_retries_apply_once,
     credentials_name_accounts,
     open_holds_across_accounts,
+    writes_of_another_handle_are_seen,
 );

@@ -10,9 +10,12 @@
 //! Reads use a small pool of separate connections; WAL lets them run while
 //! the writer writes, and they see only committed batches.
 
+mod cache;
 mod credentials;
 mod rows;
 mod schema;
+
+pub use cache::CACHE_ACCOUNTS_MAX;
 
 use crate::clock::Clock;
 use crate::credential::{Credential, CredentialKey, CredentialRefusal};
@@ -33,6 +36,8 @@ pub const QUEUE_REQUESTS_MAX: usize = 16_384;
 pub const READ_CONNECTIONS: usize = 4;
 /// How long a connection waits on a lock held by another process (the CLI).
 const BUSY_TIMEOUT_MS: u64 = 5_000;
+/// How often the checkpoint thread copies the WAL into the database file.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 type Reply = oneshot::Sender<Vec<Result<Executed, ExecError>>>;
 type Maintenance = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -52,8 +57,12 @@ pub struct SqliteStore {
 
 struct Inner {
     jobs: mpsc::Sender<Job>,
+    /// Always holds a connection for each available permit of `read_permits`.
     readers: Mutex<Vec<Connection>>,
+    read_permits: tokio::sync::Semaphore,
     path: PathBuf,
+    /// Dropped with the store: tells the checkpoint thread to stop.
+    _stop_checkpoints: std::sync::mpsc::Sender<()>,
 }
 
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
@@ -80,6 +89,12 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
         schema::migrate(&mut writer)?;
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = open(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        let (stop_checkpoints, stop) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("reckon-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stop))?;
         let readers = (0..READ_CONNECTIONS)
             .map(|_| open(&path, OpenFlags::SQLITE_OPEN_READ_WRITE))
             .collect::<Result<Vec<_>, _>>()?;
@@ -91,7 +106,9 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 jobs: tx,
                 readers: Mutex::new(readers),
+                read_permits: tokio::sync::Semaphore::new(READ_CONNECTIONS),
                 path,
+                _stop_checkpoints: stop_checkpoints,
             }),
         })
     }
@@ -109,27 +126,24 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    /// Runs `f` on a read connection off the async runtime.
+    /// Runs `f` on a pooled read connection off the async runtime. Callers
+    /// beyond the pool's size wait for a connection instead of opening one.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let permit = self.inner.read_permits.acquire().await.map_err(|_| StoreError::Unavailable)?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = inner.readers.lock().expect("reader pool lock").pop();
-            let conn = match conn {
-                Some(c) => c,
-                None => open(&inner.path, OpenFlags::SQLITE_OPEN_READ_WRITE)?,
-            };
+        let result = tokio::task::spawn_blocking(move || {
+            let conn = inner.readers.lock().expect("reader pool lock").pop().expect("a permit guarantees a connection");
             let result = f(&conn);
-            let mut pool = inner.readers.lock().expect("reader pool lock");
-            if pool.len() < READ_CONNECTIONS {
-                pool.push(conn);
-            }
+            inner.readers.lock().expect("reader pool lock").push(conn);
             result
         })
         .await
-        .map_err(|_| StoreError::Unavailable)?
+        .map_err(|_| StoreError::Unavailable)?;
+        drop(permit);
+        result
     }
 
     async fn maintain<T: Send + 'static>(
@@ -151,6 +165,7 @@ impl SqliteStore {
 
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, clock: Arc<dyn Clock>) {
     let mut last_now = Timestamp::EPOCH;
+    let mut cache = cache::Cache::default();
     let mut pending: Option<Job> = None;
     loop {
         let first = match pending.take() {
@@ -188,9 +203,10 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, clock: Arc<dyn
         };
         // Time never runs backwards inside the ledger, even if the wall clock does.
         last_now = last_now.max(clock.now());
-        let mut results = match run_batch(&mut conn, &requests, last_now) {
+        let mut results = match run_batch(&mut conn, &mut cache, &requests, last_now) {
             Ok(results) => results,
             Err(e) => {
+                cache.clear();
                 tracing::error!(error = %e, requests = requests.len(), "batch failed to commit; nothing in it was applied");
                 let msg = e.to_string();
                 requests.iter().map(|_| Err(ExecError::Store(StoreError::BatchFailed(msg.clone())))).collect()
@@ -205,28 +221,56 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, clock: Arc<dyn
 
 fn run_batch(
     conn: &mut Connection,
+    cache: &mut cache::Cache,
     requests: &[Request],
     now: Timestamp,
 ) -> Result<Vec<Result<Executed, ExecError>>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let prefetched = rows::prefetch(&tx, &plan(requests))?;
-    let (results, writes) = apply_batch(prefetched, requests, now);
+    // Inside the write lock: has another process committed since our last batch?
+    cache.validate(tx.query_row("PRAGMA data_version", [], |r| r.get(0))?);
+    let prefetched = rows::prefetch(&tx, &plan(requests), cache)?;
+    let out = apply_batch(prefetched, requests, now);
+    let writes = &out.writes;
     if writes.is_empty() {
-        // Only rejections and replays: nothing to make durable.
+        // Only reads, rejections and replays: nothing to make durable.
         tx.rollback()?;
-        return Ok(results);
+    } else {
+        for w in &writes.accounts {
+            rows::write_account(&tx, w)?;
+        }
+        for w in &writes.events {
+            rows::write_event(&tx, w)?;
+        }
+        for w in &writes.idempotency {
+            rows::write_idempotency(&tx, w)?;
+        }
+        tx.commit()?;
     }
-    for w in &writes.accounts {
-        rows::write_account(&tx, w)?;
+    // Committed (or unchanged): the cache may keep it.
+    for state in out.unchanged.into_values() {
+        cache.put(state);
     }
-    for w in &writes.events {
-        rows::write_event(&tx, w)?;
+    for w in out.writes.accounts {
+        cache.put(w.after);
     }
-    for w in &writes.idempotency {
-        rows::write_idempotency(&tx, w)?;
+    Ok(out.results)
+}
+
+/// Copies committed WAL frames into the database file off the writer's
+/// thread, so the writer never stalls on it (`wal_autocheckpoint` is off on
+/// the writer). PASSIVE never waits for readers or the writer. Stops when
+/// the store is dropped.
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    loop {
+        match stop.recv_timeout(CHECKPOINT_INTERVAL) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "checkpoint failed; retrying");
+                }
+            }
+            _ => return,
+        }
     }
-    tx.commit()?;
-    Ok(results)
 }
 
 impl Store for SqliteStore {

@@ -1,6 +1,7 @@
 //! Reading and writing core values as SQLite rows. Every SQL statement of the
 //! backend lives here or in `schema.rs`.
 
+use super::cache::Cache;
 use crate::codec::{account_id, amount, decode_allocations, encode_allocations};
 use crate::error::StoreError;
 use crate::executor::{
@@ -239,12 +240,27 @@ pub fn open_holds(
     )
 }
 
-pub fn prefetch(conn: &Connection, plan: &Plan) -> Result<Prefetched, StoreError> {
+/// Loads what `plan` names: accounts from the writer's cache when there,
+/// else from the database; holds the batch targets; idempotency records.
+pub fn prefetch(conn: &Connection, plan: &Plan, cache: &mut Cache) -> Result<Prefetched, StoreError> {
     let mut out = Prefetched::default();
     let none = BTreeSet::new();
     for id in &plan.accounts {
         let targets = plan.target_holds.get(id).unwrap_or(&none);
-        if let Some(state) = load_account(conn, id, targets)? {
+        let state = match cache.take(id) {
+            Some(mut state) => {
+                for target in targets {
+                    if !state.holds.iter().any(|h| &h.id == target) {
+                        if let Some(h) = load_hold(conn, target)?.filter(|h| &h.account_id == id) {
+                            state.holds.push(h);
+                        }
+                    }
+                }
+                Some(state)
+            }
+            None => load_account(conn, id, targets)?,
+        };
+        if let Some(state) = state {
             out.accounts.insert(id.clone(), state);
         }
     }
