@@ -119,7 +119,11 @@ pub struct BatchOutput {
 }
 
 /// Applies `requests` in order at `now`. Pure: no I/O, no clock.
-pub fn apply_batch(mut prefetched: Prefetched, requests: &[Request], now: Timestamp) -> BatchOutput {
+pub fn apply_batch(
+    mut prefetched: Prefetched,
+    requests: &[Request],
+    now: Timestamp,
+) -> BatchOutput {
     let mut before: HashMap<AccountId, Option<AccountState>> = HashMap::new();
     let mut writes = Writes::default();
     let mut results = Vec::with_capacity(requests.len());
@@ -193,10 +197,15 @@ pub fn apply_batch(mut prefetched: Prefetched, requests: &[Request], now: Timest
         writes.accounts.push(AccountWrite { before, after });
     }
     // A stable write order keeps row locks on shared backends in one order too.
-    writes.accounts.sort_by(|a, b| a.after.account.id.cmp(&b.after.account.id));
-    BatchOutput { results, writes, unchanged: prefetched.accounts }
+    writes
+        .accounts
+        .sort_by(|a, b| a.after.account.id.cmp(&b.after.account.id));
+    BatchOutput {
+        results,
+        writes,
+        unchanged: prefetched.accounts,
+    }
 }
-
 
 /// The earliest instant at which an account next needs the sweeper: its
 /// first grant or open-hold expiry. Stored so the sweeper finds due

@@ -566,13 +566,27 @@ async fn writes_of_another_handle_are_seen(h: Harness) {
     ok(&h, grant("a", 5, GrantExpiry::Never)).await;
     ok(&h, usage("a", 5)).await; // the account is now warm in this store
     let other = (h.reopen)();
-    other.submit(grant("a", 3, GrantExpiry::Never)).await.unwrap();
+    other
+        .submit(grant("a", 3, GrantExpiry::Never))
+        .await
+        .unwrap();
     let e = ok(&h, usage("a", 2)).await;
-    assert_eq!(e.outcome.balance.available, units(1), "the first store saw the other's grant");
+    assert_eq!(
+        e.outcome.balance.available,
+        units(1),
+        "the first store saw the other's grant"
+    );
     other.submit(usage("a", 1)).await.unwrap();
-    assert_eq!(rejected(&h, usage("a", 1)).await, Rejection::InsufficientBalance, "and its usage");
+    assert_eq!(
+        rejected(&h, usage("a", 1)).await,
+        Rejection::InsufficientBalance,
+        "and its usage"
+    );
     let state = h.store.account(&id("a")).await.unwrap().unwrap();
-    assert_eq!((state.totals.granted, state.totals.used), (units(8), units(8)));
+    assert_eq!(
+        (state.totals.granted, state.totals.used),
+        (units(8), units(8))
+    );
 }
 
 macro_rules! contract {

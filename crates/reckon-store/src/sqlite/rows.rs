@@ -2,7 +2,9 @@
 //! backend lives here or in `schema.rs`.
 
 use super::cache::Cache;
-use crate::codec::{account_id, amount, decode_allocations, encode_allocations};
+use crate::codec::{
+    account_id, amount, decode_allocations, decode_grants, encode_allocations, encode_grants,
+};
 use crate::error::StoreError;
 use crate::executor::{
     next_due, AccountWrite, EventWrite, IdempotencyRecord, IdempotencyWrite, Plan, Prefetched,
@@ -24,15 +26,18 @@ fn bad(what: &str, value: &str) -> StoreError {
 }
 
 const ACCOUNT_COLUMNS: &str =
-    "id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq";
+    "id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants";
 
-fn account_row(r: &Row) -> Result<Result<(Account, Totals, u64), StoreError>, rusqlite::Error> {
+type AccountRow = (Account, Totals, u64, Vec<Grant>);
+
+fn account_row(r: &Row) -> Result<Result<AccountRow, StoreError>, rusqlite::Error> {
     let id: String = r.get(0)?;
     let unit: String = r.get(1)?;
     let status: String = r.get(2)?;
     let overage: String = r.get(6)?;
     let (granted, used, expired): (i64, i64, i64) = (r.get(9)?, r.get(10)?, r.get(11)?);
-    let build = || -> Result<(Account, Totals, u64), StoreError> {
+    let grants: String = r.get(13)?;
+    let build = || -> Result<AccountRow, StoreError> {
         let account = Account {
             id: account_id(&id)?,
             unit: Unit::parse(&unit).map_err(|_| bad("unit", &unit))?,
@@ -49,33 +54,11 @@ fn account_row(r: &Row) -> Result<Result<(Account, Totals, u64), StoreError>, ru
             used: amount(used)?,
             expired: amount(expired)?,
         };
-        Ok((account, totals, r.get::<_, i64>(12)? as u64))
+        let mut grants = decode_grants(&grants)?;
+        grants.sort_by_key(|g| (g.expires_at.map_or(i64::MAX, Timestamp::millis), g.seq));
+        Ok((account, totals, r.get::<_, i64>(12)? as u64, grants))
     };
     Ok(build())
-}
-
-const GRANT_COLUMNS: &str = "id, seq, amount, remaining, expires_at, source, created_at";
-
-fn grant_row(r: &Row) -> Result<Result<Grant, StoreError>, rusqlite::Error> {
-    let (a, rem): (i64, i64) = (r.get(2)?, r.get(3)?);
-    let (id, seq, expires_at, source, created_at) = (
-        r.get(0)?,
-        r.get::<_, i64>(1)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-    );
-    Ok((|| {
-        Ok(Grant {
-            id,
-            seq: seq as u64,
-            amount: amount(a)?,
-            remaining: amount(rem)?,
-            expires_at: ts(expires_at),
-            source,
-            created_at: Timestamp::from_millis(created_at),
-        })
-    })())
 }
 
 const HOLD_COLUMNS: &str =
@@ -138,13 +121,7 @@ pub fn load_account(
         .query_row([id.as_str()], account_row)
         .optional()?;
     let Some(row) = row else { return Ok(None) };
-    let (account, totals, next_grant_seq) = row?;
-    let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE account_id = ?1");
-    let mut grants = collect(
-        conn.prepare_cached(&sql)?
-            .query_map([id.as_str()], grant_row)?,
-    )?;
-    grants.sort_by_key(|g| (g.expires_at.map_or(i64::MAX, Timestamp::millis), g.seq));
+    let (account, totals, next_grant_seq, grants) = row?;
     let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND status = 'held'");
     let mut holds = collect(
         conn.prepare_cached(&sql)?
@@ -242,7 +219,11 @@ pub fn open_holds(
 
 /// Loads what `plan` names: accounts from the writer's cache when there,
 /// else from the database; holds the batch targets; idempotency records.
-pub fn prefetch(conn: &Connection, plan: &Plan, cache: &mut Cache) -> Result<Prefetched, StoreError> {
+pub fn prefetch(
+    conn: &Connection,
+    plan: &Plan,
+    cache: &mut Cache,
+) -> Result<Prefetched, StoreError> {
     let mut out = Prefetched::default();
     let none = BTreeSet::new();
     for id in &plan.accounts {
@@ -292,12 +273,12 @@ pub fn write_account(conn: &Connection, w: &AccountWrite) -> Result<(), StoreErr
     let a = &s.account;
     conn.prepare_cached(
         "INSERT INTO accounts (id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at,
-                               granted, used, expired, next_grant_seq, next_due)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                               granted, used, expired, next_grant_seq, next_due, grants)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, expires_at = excluded.expires_at,
              metadata = excluded.metadata, overage = excluded.overage, updated_at = excluded.updated_at,
              granted = excluded.granted, used = excluded.used, expired = excluded.expired,
-             next_grant_seq = excluded.next_grant_seq, next_due = excluded.next_due",
+             next_grant_seq = excluded.next_grant_seq, next_due = excluded.next_due, grants = excluded.grants",
     )?
     .execute(params![
         a.id.as_str(),
@@ -314,28 +295,8 @@ pub fn write_account(conn: &Connection, w: &AccountWrite) -> Result<(), StoreErr
         s.totals.expired.micros(),
         s.next_grant_seq as i64,
         next_due(s).map(Timestamp::millis),
+        encode_grants(&s.grants),
     ])?;
-    let before_grants = w.before.as_ref().map_or(&[][..], |b| &b.grants[..]);
-    for g in &s.grants {
-        if before_grants.iter().any(|old| old == g) {
-            continue;
-        }
-        conn.prepare_cached(
-            "INSERT INTO grants (account_id, id, seq, amount, remaining, expires_at, source, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (account_id, id) DO UPDATE SET remaining = excluded.remaining",
-        )?
-        .execute(params![
-            a.id.as_str(), g.id, g.seq as i64, g.amount.micros(), g.remaining.micros(),
-            g.expires_at.map(Timestamp::millis), g.source, g.created_at.millis(),
-        ])?;
-    }
-    for old in before_grants {
-        if !s.grants.iter().any(|g| g.id == old.id) {
-            conn.prepare_cached("DELETE FROM grants WHERE account_id = ?1 AND id = ?2")?
-                .execute(params![a.id.as_str(), old.id])?;
-        }
-    }
     let before_holds = w.before.as_ref().map_or(&[][..], |b| &b.holds[..]);
     for h in &s.holds {
         if before_holds.iter().any(|old| old == h) {

@@ -25,21 +25,13 @@ CREATE TABLE accounts (
     expired         INTEGER NOT NULL,
     next_grant_seq  INTEGER NOT NULL,
     -- earliest grant or open-hold expiry: what the sweeper looks for
-    next_due        INTEGER
+    next_due        INTEGER,
+    -- live grants, encoded by codec::encode_grants: kept in the account's
+    -- row so a change to an account rewrites one row, not two
+    grants          TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX accounts_next_due ON accounts(next_due) WHERE next_due IS NOT NULL;
 
-CREATE TABLE grants (
-    account_id  TEXT NOT NULL,
-    id          TEXT NOT NULL,
-    seq         INTEGER NOT NULL,
-    amount      INTEGER NOT NULL,
-    remaining   INTEGER NOT NULL,
-    expires_at  INTEGER,
-    source      TEXT NOT NULL,
-    created_at  INTEGER NOT NULL,
-    PRIMARY KEY (account_id, id)
-) WITHOUT ROWID;
 
 CREATE TABLE holds (
     id              TEXT PRIMARY KEY,
@@ -55,8 +47,10 @@ CREATE TABLE holds (
 CREATE INDEX holds_account ON holds(account_id, created_at);
 CREATE INDEX holds_open ON holds(account_id) WHERE status = 'held';
 
+-- seq is the rowid: events are never deleted, so it only grows (and
+-- AUTOINCREMENT would cost a sqlite_sequence write per event).
 CREATE TABLE events (
-    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq              INTEGER PRIMARY KEY,
     account_id       TEXT NOT NULL,
     kind             TEXT NOT NULL,
     amount           INTEGER NOT NULL,
