@@ -27,6 +27,7 @@ use reckon_core::{AccountId, AccountState, Hold, HoldStatus, Timestamp};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,6 +37,11 @@ pub const QUEUE_REQUESTS_MAX: usize = 16_384;
 pub const READ_CONNECTIONS: usize = 4;
 /// How long a connection waits on a lock held by another process (the CLI).
 const BUSY_TIMEOUT_MS: u64 = 5_000;
+/// WAL frames (pages) after which the writer truncates the WAL: 64 MiB at
+/// 1 KiB pages. Bounds disk use and the time a restart spends reading it.
+const WAL_FRAMES_MAX: i64 = 64 * 1024;
+/// Size the WAL file is cut back to after it is reset.
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 /// Database page size for new files; see `open`.
 const PAGE_SIZE_BYTES: i64 = 1024;
 /// Page cache of the writer's connection, in KiB. Large enough that a batch
@@ -71,6 +77,21 @@ struct Inner {
     path: PathBuf,
     /// Dropped with the store: tells the checkpoint thread to stop.
     _stop_checkpoints: std::sync::mpsc::Sender<()>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// When the last handle goes, close the queue and wait for the writer to
+/// finish what it has and close its connection: the last connection to close
+/// checkpoints the WAL into the database file and removes it, so the next
+/// start has nothing to recover.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.jobs, closed));
+        if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = writer.join();
+        }
+    }
 }
 
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
@@ -82,6 +103,8 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     // pages, so bytes per commit scale with the page size.
     conn.pragma_update(None, "page_size", PAGE_SIZE_BYTES)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    // After a checkpoint lets the WAL start over, shrink the file to this.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
     // FULL: the WAL is fsynced at every commit, so nothing acknowledged is
     // lost on power failure (NORMAL may lose the last commits).
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -106,9 +129,11 @@ impl SqliteStore {
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         let checkpointer = open(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         let (stop_checkpoints, stop) = std::sync::mpsc::channel();
+        let wal_too_big = Arc::new(AtomicBool::new(false));
+        let flag = wal_too_big.clone();
         std::thread::Builder::new()
             .name("reckon-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, stop))?;
+            .spawn(move || checkpoint_loop(checkpointer, stop, flag))?;
         let readers = (0..READ_CONNECTIONS)
             .map(|_| {
                 let c = open(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
@@ -117,9 +142,9 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let (tx, rx) = mpsc::channel(QUEUE_REQUESTS_MAX);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("reckon-writer".into())
-            .spawn(move || writer_loop(writer, rx, clock))?;
+            .spawn(move || writer_loop(writer, rx, clock, wal_too_big))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 jobs: tx,
@@ -127,6 +152,7 @@ impl SqliteStore {
                 read_permits: tokio::sync::Semaphore::new(READ_CONNECTIONS),
                 path,
                 _stop_checkpoints: stop_checkpoints,
+                writer: Mutex::new(Some(writer)),
             }),
         })
     }
@@ -191,7 +217,12 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, clock: Arc<dyn Clock>) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    clock: Arc<dyn Clock>,
+    wal_too_big: Arc<AtomicBool>,
+) {
     let mut last_now = Timestamp::EPOCH;
     let mut cache = cache::Cache::default();
     let mut pending: Option<Job> = None;
@@ -244,6 +275,9 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, clock: Arc<dyn
         for (n, reply) in replies {
             let _ = reply.send(results.by_ref().take(n).collect());
         }
+        if wal_too_big.swap(false, Ordering::Relaxed) {
+            truncate_wal(&conn);
+        }
     }
 }
 
@@ -288,16 +322,42 @@ fn run_batch(
 /// thread, so the writer never stalls on it (`wal_autocheckpoint` is off on
 /// the writer). PASSIVE never waits for readers or the writer. Stops when
 /// the store is dropped.
-fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+fn checkpoint_loop(
+    conn: Connection,
+    stop: std::sync::mpsc::Receiver<()>,
+    wal_too_big: Arc<AtomicBool>,
+) {
     loop {
         match stop.recv_timeout(CHECKPOINT_INTERVAL) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "checkpoint failed; retrying");
+                // (busy, frames in the WAL, frames copied into the database)
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                }) {
+                    Ok((frames, _)) if frames > WAL_FRAMES_MAX => {
+                        wal_too_big.store(true, Ordering::Relaxed)
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "checkpoint failed; retrying"),
                 }
             }
             _ => return,
         }
+    }
+}
+
+/// Run by the writer between batches when the checkpoint thread saw the WAL
+/// pass [`WAL_FRAMES_MAX`]: under a steady stream of commits the WAL never
+/// becomes idle long enough to start over by itself. TRUNCATE copies what is
+/// left, waits for readers (up to the busy timeout) and empties the file;
+/// the writer pauses for that one copy.
+fn truncate_wal(conn: &Connection) {
+    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(0) => tracing::info!("WAL checkpointed and truncated"),
+        Ok(_) => tracing::warn!("WAL truncation was blocked by a reader; retrying later"),
+        Err(e) => tracing::warn!(error = %e, "WAL truncation failed; retrying later"),
     }
 }
 

@@ -65,11 +65,42 @@ pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioRe
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + config.warmup;
     let end = measure_from + config.duration;
-    let interval = config
-        .rate
-        .map(|r| Duration::from_secs_f64(config.connections as f64 / r));
+    // Open loop: one OS thread keeps the schedule (std sleep is precise to
+    // tens of microseconds; tokio's timer rounds to whole milliseconds, which
+    // would show up as latency) and hands each intended send time to a
+    // connection, round robin. A busy connection's ticks queue up, and their
+    // latency counts from the intended time.
+    let mut ticks: Vec<Option<tokio::sync::mpsc::UnboundedReceiver<Instant>>> = Vec::new();
+    if let Some(rate) = config.rate {
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let mut senders = Vec::new();
+        for _ in 0..config.connections {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            senders.push(tx);
+            ticks.push(Some(rx));
+        }
+        std::thread::Builder::new()
+            .name("bench-ticker".into())
+            .spawn(move || {
+                let mut at = start;
+                let mut i = 0usize;
+                while at < end {
+                    let now = Instant::now();
+                    if at > now {
+                        std::thread::sleep(at - now);
+                    }
+                    if senders[i % senders.len()].send(at).is_err() {
+                        return;
+                    }
+                    i += 1;
+                    at += interval;
+                }
+            })?;
+    } else {
+        ticks.resize_with(config.connections, || None);
+    }
     let mut tasks = Vec::new();
-    for i in 0..config.connections {
+    for (i, mut tick) in ticks.into_iter().enumerate() {
         let mut sender = server.connect().await?;
         let target = TargetRef {
             host: server.host.clone(),
@@ -87,22 +118,13 @@ pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioRe
                 errors: BTreeMap::new(),
             };
             let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ ((i as u64 + 1) * 0x9e37_79b9));
-            // Open loop: stagger the connections across one interval.
-            let mut next_at = start
-                + interval.map_or(Duration::ZERO, |iv| {
-                    iv.mul_f64(i as f64 / 64.0_f64.max(1.0))
-                });
             tokio::time::sleep_until(start.into()).await;
             loop {
-                let intended = match interval {
-                    Some(iv) => {
-                        let t = next_at;
-                        next_at += iv;
-                        if t > Instant::now() {
-                            tokio::time::sleep_until(t.into()).await;
-                        }
-                        t
-                    }
+                let intended = match tick.as_mut() {
+                    Some(rx) => match rx.recv().await {
+                        Some(t) => t,
+                        None => break,
+                    },
                     None => Instant::now(),
                 };
                 if intended >= end {
