@@ -28,7 +28,7 @@ use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::native::holds::ttl_secs;
 use crate::AppState;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -48,8 +48,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/summary", get(summary))
-        .route("/v1/balance/lock/private", post(lock_private))
-        .route("/v1/balance/lock/public", post(lock_public))
+        .route("/v1/balance/lock/{kind}", post(lock_by_credential))
         .route("/v1/balance/unlock", post(unlock))
         .route("/v1/funds/lock", post(funds_lock))
         .route("/v1/funds/unlock", post(unlock))
@@ -163,25 +162,27 @@ struct FundsLockBody {
     amount: Value,
 }
 
-async fn lock_private(
+/// `/v1/balance/lock/private` (secret keys) or `/v1/balance/lock/public`
+/// (public identifiers).
+async fn lock_by_credential(
     auth: Result<ServiceAuth, ApiError>,
     State(state): State<AppState>,
+    Path(kind): Path<String>,
     headers: axum::http::HeaderMap,
     NilJson(body): NilJson<LockBody>,
 ) -> NilResult<Json<Value>> {
     authorised(auth)?;
-    let account = account_of_credential(&state, &body.credential, false).await?;
-    lock(&state, account, &body.amount, &headers).await
-}
-
-async fn lock_public(
-    auth: Result<ServiceAuth, ApiError>,
-    State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
-    NilJson(body): NilJson<LockBody>,
-) -> NilResult<Json<Value>> {
-    authorised(auth)?;
-    let account = account_of_credential(&state, &body.credential, true).await?;
+    let public = match kind.as_str() {
+        "private" => false,
+        "public" => true,
+        _ => {
+            return Err(NilError::new(
+                StatusCode::NOT_FOUND,
+                "no such lock endpoint",
+            ))
+        }
+    };
+    let account = account_of_credential(&state, &body.credential, public).await?;
     lock(&state, account, &body.amount, &headers).await
 }
 

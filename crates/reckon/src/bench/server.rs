@@ -14,10 +14,46 @@ const SPAWNED_ADMIN_KEY: &str = "bench-admin-key";
 /// Each bench account starts with this much (effectively unlimited).
 const BENCH_GRANT_UNITS: &str = "1000000000";
 
-pub struct Target {
+/// Where requests go and with which key; cheap to clone into each worker.
+#[derive(Clone)]
+pub struct Endpoint {
     pub addr: SocketAddr,
     pub host: String,
     pub key: String,
+}
+
+impl Endpoint {
+    pub async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
+        let stream = tokio::net::TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    pub fn request(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> hyper::Request<Full<Bytes>> {
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host)
+            .header("x-api-key", &self.key);
+        if body.is_some() {
+            b = b.header("content-type", "application/json");
+        }
+        b.body(Full::new(body.unwrap_or_default()))
+            .expect("a valid request")
+    }
+}
+
+pub struct Target {
+    pub endpoint: Endpoint,
     pid: Option<u32>,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
@@ -34,9 +70,7 @@ impl Target {
             .context("--url does not resolve")?;
         let key = key.context("--key (or RECKON_ADMIN_KEY) is needed with --url")?;
         Ok(Target {
-            addr,
-            host,
-            key,
+            endpoint: Endpoint { addr, host, key },
             pid,
             child: None,
             _dir: None,
@@ -65,46 +99,20 @@ impl Target {
         let host = url.trim_start_matches("http://").to_owned();
         eprintln!("started reckon (pid {}) at {url} on {database}", child.id());
         Ok(Target {
-            addr: host.parse()?,
-            host,
-            key: SPAWNED_ADMIN_KEY.into(),
+            endpoint: Endpoint {
+                addr: host.parse()?,
+                host,
+                key: SPAWNED_ADMIN_KEY.into(),
+            },
             pid: Some(child.id()),
             child: Some(child),
             _dir: Some(dir),
         })
     }
 
-    pub async fn connect(&self) -> Result<SendRequest<Full<Bytes>>> {
-        let stream = tokio::net::TcpStream::connect(self.addr).await?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
-    }
-
-    pub fn request(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        body: Option<Bytes>,
-    ) -> hyper::Request<Full<Bytes>> {
-        let mut b = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host)
-            .header("x-api-key", &self.key);
-        if body.is_some() {
-            b = b.header("content-type", "application/json");
-        }
-        b.body(Full::new(body.unwrap_or_default()))
-            .expect("a valid request")
-    }
-
     /// Creates bench-0 .. bench-{n-1}, each with a large grant, 500 per batch.
     pub async fn setup_accounts(&self, n: usize) -> Result<()> {
-        let mut sender = self.connect().await?;
+        let mut sender = self.endpoint.connect().await?;
         for start in (0..n).step_by(500) {
             let mut ops = Vec::new();
             for i in start..(start + 500).min(n) {
@@ -116,7 +124,11 @@ impl Target {
             let body = serde_json::to_vec(&serde_json::json!({ "operations": ops }))?;
             sender.ready().await?;
             let resp = sender
-                .send_request(self.request(hyper::Method::POST, "/v1/batch", Some(body.into())))
+                .send_request(self.endpoint.request(
+                    hyper::Method::POST,
+                    "/v1/batch",
+                    Some(body.into()),
+                ))
                 .await?;
             let status = resp.status();
             let bytes = resp.into_body().collect().await?.to_bytes();

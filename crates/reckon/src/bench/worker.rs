@@ -1,7 +1,7 @@
 //! The load itself: one task per connection, closed or open loop.
 
 use super::report::ScenarioResult;
-use super::server::Target;
+use super::server::{Endpoint, Target};
 use super::Scenario;
 use anyhow::Result;
 use bytes::Bytes;
@@ -101,11 +101,8 @@ pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioRe
     }
     let mut tasks = Vec::new();
     for (i, mut tick) in ticks.into_iter().enumerate() {
-        let mut sender = server.connect().await?;
-        let target = TargetRef {
-            host: server.host.clone(),
-            key: server.key.clone(),
-        };
+        let target = server.endpoint.clone();
+        let mut sender = target.connect().await?;
         let scenario = config.scenario;
         let accounts = config.accounts;
         let batch_size = config.batch_size as u64;
@@ -156,9 +153,9 @@ pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioRe
                 }
                 if sender.is_closed() {
                     // The server closed the connection: open a new one.
-                    match TargetRef::reconnect(&target).await {
-                        Some(s) => sender = s,
-                        None => break,
+                    match target.connect().await {
+                        Ok(s) => sender = s,
+                        Err(_) => break,
                     }
                 }
             }
@@ -201,46 +198,6 @@ pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioRe
     })
 }
 
-/// What a worker needs to build requests and reconnect.
-struct TargetRef {
-    host: String,
-    key: String,
-}
-
-impl TargetRef {
-    fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
-    ) -> hyper::Request<Full<Bytes>> {
-        let mut b = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host)
-            .header("x-api-key", &self.key);
-        if body.is_some() {
-            b = b.header("content-type", "application/json");
-        }
-        b.body(Full::new(body.unwrap_or_default()))
-            .expect("a valid request")
-    }
-
-    async fn reconnect(&self) -> Option<SendRequest<Full<Bytes>>> {
-        let addr: std::net::SocketAddr = self.host.parse().ok()?;
-        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        stream.set_nodelay(true).ok()?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .ok()?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Some(sender)
-    }
-}
-
 const ONE: &[u8] = br#"{"amount":"1"}"#;
 
 /// Sends one request and reads the whole answer: `Ok(status, body)`, or a
@@ -271,7 +228,7 @@ async fn send(
 /// One operation of the scenario; returns how many ledger operations it was.
 async fn perform(
     sender: &mut SendRequest<Full<Bytes>>,
-    target: &TargetRef,
+    target: &Endpoint,
     scenario: Scenario,
     accounts: usize,
     batch_size: u64,
