@@ -263,10 +263,6 @@ pub struct Hold {
 }
 
 impl Hold {
-    pub fn is_open_at(&self, now: Timestamp) -> bool {
-        self.status == HoldStatus::Held && self.expires_at > now
-    }
-
     /// The status a reader should see at `now`: a hold past its expiry is
     /// expired even before any command has written that down.
     pub fn status_at(&self, now: Timestamp) -> HoldStatus {

@@ -52,15 +52,6 @@ pub struct Limits {
     pub hold_ttl_max_secs: u64,
 }
 
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            hold_ttl_default_secs: 300,
-            hold_ttl_max_secs: 24 * 3600,
-        }
-    }
-}
-
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -158,7 +149,9 @@ pub async fn serve(
         .await
 }
 
-/// A fresh random id (UUID v4) for grants and holds.
+/// A fresh id for grants and holds: a UUID v7, time-ordered so that rows
+/// made together sit together in the database's indexes (fewer pages dirtied
+/// per commit), and still a UUID for protocols that require one.
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }

@@ -44,6 +44,8 @@ CREATE TABLE holds (
     created_at      INTEGER NOT NULL,
     resolved_at     INTEGER
 );
+-- Hold ids are time-ordered UUIDs (v7), so new holds append to the primary
+-- key instead of landing on random pages.
 CREATE INDEX holds_account ON holds(account_id, created_at);
 CREATE INDEX holds_open ON holds(account_id) WHERE status = 'held';
 
