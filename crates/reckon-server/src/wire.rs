@@ -10,7 +10,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use chrono::{DateTime, SecondsFormat, Utc};
-use reckon_core::{AccountId, Amount, Timestamp};
+use reckon_core::{AccountId, Amount, OveragePolicy, Timestamp};
 use reckon_store::IdempotencyKey;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -138,6 +138,24 @@ pub fn json_object(value: &Value, field: &str) -> ApiResult<String> {
         ));
     }
     Ok(text)
+}
+
+/// An optional `attributes` object: kept with the events, bounded in size.
+pub fn attributes(value: Option<&Value>) -> ApiResult<Option<String>> {
+    value.map(|a| json_object(a, "attributes")).transpose()
+}
+
+/// An optional overage policy named by `field`: reject, cap or allow.
+pub fn overage_policy(text: Option<&str>, field: &str) -> ApiResult<Option<OveragePolicy>> {
+    text.map(|t| {
+        OveragePolicy::parse(t).ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_field",
+                format!("{field} must be reject, cap or allow"),
+            )
+        })
+    })
+    .transpose()
 }
 
 pub fn short_text(text: &str, field: &str) -> ApiResult<String> {

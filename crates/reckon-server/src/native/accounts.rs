@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use reckon_core::{AccountStatus, Command, CreateAccount, OveragePolicy, Unit, UpdateAccount};
+use reckon_core::{AccountStatus, Command, CreateAccount, Unit, UpdateAccount};
 use reckon_store::Request;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -41,15 +41,6 @@ pub struct CreateAccountBody {
     /// What a settle above its hold does: reject (default), cap or allow.
     pub overage_policy: Option<String>,
     pub idempotency_key: Option<String>,
-}
-
-fn overage(text: &str) -> ApiResult<OveragePolicy> {
-    OveragePolicy::parse(text).ok_or_else(|| {
-        ApiError::invalid(
-            "invalid_field",
-            "overage_policy must be reject, cap or allow",
-        )
-    })
 }
 
 fn timezone(text: &str) -> ApiResult<String> {
@@ -101,11 +92,7 @@ pub async fn create_account(
             .map(|m| wire::json_object(m, "metadata"))
             .transpose()?
             .unwrap_or_else(|| "{}".into()),
-        overage: body
-            .overage_policy
-            .as_deref()
-            .map(overage)
-            .transpose()?
+        overage: wire::overage_policy(body.overage_policy.as_deref(), "overage_policy")?
             .unwrap_or_default(),
     };
     let request = Request {
@@ -197,7 +184,7 @@ pub async fn update_account(
             .as_ref()
             .map(|m| wire::json_object(m, "metadata"))
             .transpose()?,
-        overage: body.overage_policy.as_deref().map(overage).transpose()?,
+        overage: wire::overage_policy(body.overage_policy.as_deref(), "overage_policy")?,
     };
     let request = Request {
         command: Command::UpdateAccount(command),

@@ -137,11 +137,7 @@ fn parse(state: &AppState, scope: Scope, raw: Value) -> ApiResult<Parsed> {
         .map(|k| wire::idempotency_key(&Default::default(), Some(k)))
         .transpose()?
         .flatten();
-    let attributes = op
-        .attributes
-        .as_ref()
-        .map(|a| wire::json_object(a, "attributes"))
-        .transpose()?;
+    let attributes = wire::attributes(op.attributes.as_ref())?;
     let account = || wire::account_id(required(&op.account_id, "account_id")?);
     let admin_only = || {
         if scope == Scope::Admin {
@@ -220,12 +216,7 @@ fn parse(state: &AppState, scope: Scope, raw: Value) -> ApiResult<Parsed> {
             let hold_id = required(&op.hold_id, "hold_id")?.clone();
             let make: HoldCommand = if op.op == "settle" {
                 let amount = wire::amount(required(&op.amount, "amount")?, "amount")?;
-                let overage = match op.overage.as_deref() {
-                    None => None,
-                    Some(o) => Some(OveragePolicy::parse(o).ok_or_else(|| {
-                        ApiError::invalid("invalid_field", "overage must be reject, cap or allow")
-                    })?),
-                };
+                let overage = wire::overage_policy(op.overage.as_deref(), "overage")?;
                 let id = hold_id.clone();
                 Box::new(move |account| {
                     Command::Settle(SettleCmd {

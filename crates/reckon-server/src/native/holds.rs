@@ -12,9 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use reckon_core::{
-    AccountId, Command, HoldStatus, LockCmd, OveragePolicy, Rejection, ReleaseCmd, SettleCmd,
-};
+use reckon_core::{AccountId, Command, HoldStatus, LockCmd, Rejection, ReleaseCmd, SettleCmd};
 use reckon_store::{Executed, Request};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -101,11 +99,7 @@ pub async fn lock(
     let request = Request {
         command: Command::Lock(command),
         idempotency_key: wire::idempotency_key(&headers, body.idempotency_key.as_deref())?,
-        attributes: body
-            .attributes
-            .as_ref()
-            .map(|a| wire::json_object(a, "attributes"))
-            .transpose()?,
+        attributes: wire::attributes(body.attributes.as_ref())?,
     };
     let executed = state.execute(request).await?;
     render(&state, &executed, StatusCode::CREATED)
@@ -152,18 +146,9 @@ pub async fn settle(
     JsonBody(body): JsonBody<SettleBody>,
 ) -> ApiResult<Response> {
     let amount = wire::amount(&body.amount, "amount")?;
-    let overage = match body.overage.as_deref() {
-        None => None,
-        Some(o) => Some(OveragePolicy::parse(o).ok_or_else(|| {
-            ApiError::invalid("invalid_field", "overage must be reject, cap or allow")
-        })?),
-    };
+    let overage = wire::overage_policy(body.overage.as_deref(), "overage")?;
     let key = wire::idempotency_key(&headers, body.idempotency_key.as_deref())?;
-    let attributes = body
-        .attributes
-        .as_ref()
-        .map(|a| wire::json_object(a, "attributes"))
-        .transpose()?;
+    let attributes = wire::attributes(body.attributes.as_ref())?;
     let account = hold_account(&state, &id).await?;
     let command = Command::Settle(SettleCmd {
         account,
@@ -209,11 +194,7 @@ pub async fn release(
             .map_err(|e| ApiError::invalid("invalid_json", e.to_string()))?
     };
     let key = wire::idempotency_key(&headers, body.idempotency_key.as_deref())?;
-    let attributes = body
-        .attributes
-        .as_ref()
-        .map(|a| wire::json_object(a, "attributes"))
-        .transpose()?;
+    let attributes = wire::attributes(body.attributes.as_ref())?;
     let account = hold_account(&state, &id).await?;
     let command = Command::Release(ReleaseCmd {
         account,

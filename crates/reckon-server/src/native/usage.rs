@@ -64,11 +64,7 @@ pub async fn record_usage(
             amount,
         }),
         idempotency_key: wire::idempotency_key(&headers, body.idempotency_key.as_deref())?,
-        attributes: body
-            .attributes
-            .as_ref()
-            .map(|a| wire::json_object(a, "attributes"))
-            .transpose()?,
+        attributes: wire::attributes(body.attributes.as_ref())?,
     };
     let executed = state.execute(request).await?;
     let response = UsageResponse {
