@@ -1,11 +1,12 @@
-//! The scheduler: wakes up, finds accounts with expiries due, and submits
-//! ordinary `Sweep` commands for them; it also forgets idempotency records
+//! The scheduler: wakes up and has the store sweep accounts with expiries
+//! due, which submits ordinary `Sweep` commands for them (on PostgreSQL each
+//! node claims the accounts it sweeps, so every node may run this); it also forgets idempotency records
 //! past their retention. It decides nothing itself: the core does, and
 //! correctness never waits for it (every read and write applies due expiries
 //! lazily). Sweeping makes expiry events appear in the audit trail on time.
 
-use reckon_core::{Command, Timestamp};
-use reckon_store::{Clock, Request, Store, StoreError};
+use reckon_core::Timestamp;
+use reckon_store::{Clock, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,20 +31,10 @@ pub async fn sweep_once(
     now: Timestamp,
     retention_secs: u64,
 ) -> Result<SweepReport, StoreError> {
-    let due = store.due_accounts(now, SWEEP_ACCOUNTS_MAX).await?;
-    let requests: Vec<Request> = due
-        .into_iter()
-        .map(|account| Request::new(Command::Sweep { account }))
-        .collect();
     let mut report = SweepReport {
-        accounts_swept: requests.len(),
+        accounts_swept: store.sweep_due(now, SWEEP_ACCOUNTS_MAX).await?,
         ..SweepReport::default()
     };
-    for result in store.submit_many(requests).await {
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "sweep of an account failed; the next pass retries");
-        }
-    }
     let cutoff = Timestamp::from_millis(
         now.millis()
             .saturating_sub(retention_secs.saturating_mul(1000) as i64),

@@ -7,6 +7,11 @@ use reckon_core::Rejection;
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {}", postgres_message(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No database connection could be had (PostgreSQL down or unreachable).
+    #[error("no database connection: {0}")]
+    Connect(String),
     /// A stored row could not be read back: a bug or a hand-edited database.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -31,4 +36,12 @@ pub enum ExecError {
     /// The batch did not commit: nothing of it changed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// tokio-postgres prints a server error as just "db error"; say what it was.
+fn postgres_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        None => e.to_string(),
+    }
 }

@@ -10,24 +10,26 @@
 //! - [`clock`]: the injected clock ([`SystemClock`], [`ManualClock`]).
 //! - [`codec`]: how core values sit in columns (shared by every backend).
 //!
-//! A PostgreSQL backend implements the same trait with the same executor
-//! step; see ARCHITECTURE.md.
+//! - [`postgres`]: the shared backend: several nodes on one database, one
+//!   transaction per batch locking the touched accounts in id order.
 
 pub mod clock;
 pub mod codec;
 pub mod credential;
 pub mod error;
 pub mod executor;
+pub mod postgres;
 pub mod request;
 pub mod sqlite;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use credential::{Credential, CredentialKey, CredentialRefusal};
 pub use error::{ExecError, StoreError};
+pub use postgres::PostgresStore;
 pub use request::{Executed, IdempotencyKey, Request, StoredEvent, IDEMPOTENCY_KEY_BYTES_MAX};
 pub use sqlite::SqliteStore;
 
-use reckon_core::{AccountId, AccountState, Hold, HoldStatus, Timestamp};
+use reckon_core::{AccountId, AccountState, Command, Hold, HoldStatus, Timestamp};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -92,6 +94,26 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<AccountId>, StoreError>>;
+
+    /// Sweeps accounts with an expiry due at or before `now` (at most
+    /// `limit`); returns how many it swept. A backend shared by several
+    /// nodes claims the accounts, so no two nodes sweep one at once.
+    fn sweep_due(&self, now: Timestamp, limit: usize) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let due = self.due_accounts(now, limit).await?;
+            let n = due.len();
+            let requests = due
+                .into_iter()
+                .map(|account| Request::new(Command::Sweep { account }))
+                .collect();
+            for result in self.submit_many(requests).await {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "sweep of an account failed; the next pass retries");
+                }
+            }
+            Ok(n)
+        })
+    }
 
     /// Deletes idempotency records created before `before`; returns how many.
     fn purge_idempotency(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>>;

@@ -1,0 +1,590 @@
+//! The shared backend: several Reckon nodes on one PostgreSQL.
+//!
+//! Each node queues requests and runs them in batches, like the SQLite
+//! writer, but several batches may be in flight at once (from this node and
+//! from others), so nothing in memory is trusted: every batch is one
+//! transaction that
+//! 1. locks the accounts it touches with `SELECT ... ORDER BY id FOR UPDATE`
+//!    (one global lock order on every node, so no deadlocks),
+//! 2. reads their open and targeted holds and the idempotency records it
+//!    needs, after the locks are granted, so it sees everything the previous
+//!    lock holder committed,
+//! 3. runs the shared executor step (`executor::apply_batch`), and
+//! 4. writes the result and commits; only then are callers answered.
+//!
+//! Accounts that do not exist yet cannot be locked. If another node creates
+//! one between our read and our insert, the insert finds it and the whole
+//! batch runs again from the start (as do serialization failures and
+//! deadlocks reported by the server, which the lock order should prevent).
+//!
+//! Time-driven work is claimed with `FOR UPDATE SKIP LOCKED` (sweeps) and a
+//! transaction-level advisory lock (purges), so every node may run the
+//! scheduler and nothing is done twice.
+
+mod rows;
+mod schema;
+pub mod scratch;
+
+use crate::clock::Clock;
+use crate::credential::{Credential, CredentialKey, CredentialRefusal};
+use crate::error::{ExecError, StoreError};
+use crate::executor::{apply_batch, plan, EventWrite, Prefetched, BATCH_REQUESTS_MAX};
+use crate::request::{Executed, Request, StoredEvent};
+use crate::{BoxFuture, Store, PAGE_SIZE_MAX};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use reckon_core::{
+    AccountId, AccountState, Amount, Command, Event, EventKind, Hold, HoldStatus, Timestamp,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+/// Batches one node runs at once. More overlap round trips to the
+/// database; batches on the same hot account still take turns on its lock.
+pub const WRITERS: usize = 4;
+/// Connections for reads, besides the writers'.
+pub const READ_CONNECTIONS: usize = 8;
+/// Requests that may wait for a writer before submitters are slowed down.
+pub const QUEUE_REQUESTS_MAX: usize = 16_384;
+/// Times a batch runs again after a race (see the module comment) before
+/// its requests fail.
+const BATCH_ATTEMPTS_MAX: u32 = 16;
+/// How long opening a connection may take when the URL does not say.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Advisory lock a node holds while it purges idempotency records.
+const PURGE_LOCK: i64 = 0x7265_636b_6f70; // "reckop"
+
+type Reply = oneshot::Sender<Vec<Result<Executed, ExecError>>>;
+type Job = (Vec<Request>, Reply);
+
+/// Handle to a PostgreSQL ledger. Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    jobs: mpsc::Sender<Job>,
+}
+
+fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Connect(format!("bad PostgreSQL URL: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| StoreError::Connect(e.to_string()))
+}
+
+async fn connection(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+        e => StoreError::Connect(e.to_string()),
+    })
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/db`; tables go into the
+    /// first schema of the `search_path`), applies migrations and starts
+    /// this node's writers. Must be called inside a tokio runtime.
+    pub async fn connect(url: &str, clock: Arc<dyn Clock>) -> Result<PostgresStore, StoreError> {
+        let pool = pool(url, WRITERS + READ_CONNECTIONS)?;
+        schema::migrate(&mut *connection(&pool).await?).await?;
+        let (tx, rx) = mpsc::channel(QUEUE_REQUESTS_MAX);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..WRITERS {
+            tokio::spawn(writer(pool.clone(), rx.clone(), clock.clone()));
+        }
+        Ok(PostgresStore {
+            inner: Arc::new(Inner { pool, jobs: tx }),
+        })
+    }
+
+    /// Applies pending migrations without starting a server.
+    pub async fn migrate(url: &str) -> Result<usize, StoreError> {
+        let pool = pool(url, 1)?;
+        let n = schema::migrate(&mut *connection(&pool).await?).await?;
+        Ok(n)
+    }
+
+    async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        connection(&self.inner.pool).await
+    }
+}
+
+/// One of a node's writers: takes whatever is queued (up to the batch
+/// limit), runs it as one transaction, answers. Stops when every store
+/// handle is gone.
+async fn writer(pool: Pool, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, clock: Arc<dyn Clock>) {
+    let mut last_now = Timestamp::EPOCH;
+    loop {
+        let (requests, replies) = {
+            let mut rx = jobs.lock().await;
+            let Some((first, reply)) = rx.recv().await else {
+                return;
+            };
+            let mut replies = vec![(first.len(), reply)];
+            let mut all = first;
+            while all.len() < BATCH_REQUESTS_MAX {
+                match rx.try_recv() {
+                    Ok((more, reply)) => {
+                        replies.push((more.len(), reply));
+                        all.extend(more);
+                    }
+                    Err(_) => break,
+                }
+            }
+            (all, replies)
+        };
+        last_now = last_now.max(clock.now());
+        let results = match run_with_retries(&pool, &requests, last_now, None).await {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::error!(error = %e, requests = requests.len(), "batch failed to commit; nothing in it was applied");
+                let msg = e.to_string();
+                requests
+                    .iter()
+                    .map(|_| Err(ExecError::Store(StoreError::BatchFailed(msg.clone()))))
+                    .collect()
+            }
+        };
+        let mut results = results.into_iter();
+        for (n, reply) in replies {
+            let _ = reply.send(results.by_ref().take(n).collect());
+        }
+    }
+}
+
+/// What went wrong with one attempt at a batch.
+enum Attempt {
+    /// Another transaction got in the way; run the batch again.
+    Raced(String),
+    Failed(StoreError),
+}
+
+impl From<StoreError> for Attempt {
+    fn from(e: StoreError) -> Attempt {
+        let retry = match &e {
+            StoreError::Postgres(pg) => matches!(
+                pg.code(),
+                Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::UNIQUE_VIOLATION
+            ),
+            _ => false,
+        };
+        if retry {
+            Attempt::Raced(e.to_string())
+        } else {
+            Attempt::Failed(e)
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Attempt {
+    fn from(e: tokio_postgres::Error) -> Attempt {
+        Attempt::from(StoreError::Postgres(e))
+    }
+}
+
+/// Runs a batch, again from the start after each race. `sweep` makes it a
+/// scheduler pass instead: the batch is the sweeps of the accounts claimed
+/// inside the transaction.
+async fn run_with_retries(
+    pool: &Pool,
+    requests: &[Request],
+    now: Timestamp,
+    sweep: Option<usize>,
+) -> Result<Vec<Result<Executed, ExecError>>, StoreError> {
+    let mut client = connection(pool).await?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match run_batch(&mut client, requests, now, sweep).await {
+            Ok(results) => return Ok(results),
+            Err(Attempt::Raced(why)) if attempt < BATCH_ATTEMPTS_MAX => {
+                tracing::debug!(attempt, why, "batch raced another node; running it again");
+                // A short, growing, jittered pause lets the other side finish.
+                let jitter = (now.millis() as u64 ^ attempt as u64 * 7919) % 5;
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    u64::from(attempt) + jitter,
+                ))
+                .await;
+            }
+            Err(Attempt::Raced(why)) => return Err(StoreError::BatchFailed(why)),
+            Err(Attempt::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+async fn run_batch(
+    client: &mut deadpool_postgres::Object,
+    requests: &[Request],
+    now: Timestamp,
+    sweep: Option<usize>,
+) -> Result<Vec<Result<Executed, ExecError>>, Attempt> {
+    let tx = client.transaction().await?;
+    let claimed;
+    let requests = match sweep {
+        None => requests,
+        Some(limit) => {
+            claimed = rows::claim_due_accounts(&tx, now, limit)
+                .await?
+                .into_iter()
+                .map(|account| Request::new(Command::Sweep { account }))
+                .collect::<Vec<_>>();
+            &claimed[..]
+        }
+    };
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let plan = plan(requests);
+    let ids: Vec<&str> = plan.accounts.iter().map(AccountId::as_str).collect();
+    let targets: Vec<&str> = plan
+        .target_holds
+        .values()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let keys: Vec<(&str, &str)> = plan
+        .idempotency_keys
+        .iter()
+        .map(|(a, k)| (a.as_str(), k.as_str()))
+        .collect();
+    let (accounts, idempotency) = rows::lock_and_load(&tx, &ids, &targets, &keys).await?;
+    let out = apply_batch(
+        Prefetched {
+            accounts,
+            idempotency,
+        },
+        requests,
+        now,
+    );
+    if out.writes.is_empty() {
+        tx.rollback().await?;
+        return Ok(out.results);
+    }
+    for w in &out.writes.accounts {
+        if let Err(raced) = rows::write_account(&tx, w).await? {
+            return Err(Attempt::Raced(raced.0));
+        }
+    }
+    rows::write_events(&tx, &out.writes.events).await?;
+    rows::write_idempotency(&tx, &out.writes.idempotency).await?;
+    tx.commit().await?;
+    Ok(out.results)
+}
+
+/// The audit event of a credential change; `available_after` is the
+/// account's balance at `now`, which the change leaves as it was.
+fn credential_event(
+    state: &AccountState,
+    kind: EventKind,
+    now: Timestamp,
+    attrs: String,
+) -> EventWrite {
+    EventWrite {
+        account_id: state.account.id.clone(),
+        event: Event {
+            kind,
+            amount: Amount::ZERO,
+            available_after: state.balance_at(now).available,
+            at: now,
+            grant_id: None,
+            hold_id: None,
+        },
+        idempotency_key: None,
+        attributes: Some(attrs),
+    }
+}
+
+/// Locks one account for a change outside the executor (credentials), so
+/// the change and its event are ordered with the account's batches.
+async fn lock_account(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: &AccountId,
+) -> Result<Option<AccountState>, StoreError> {
+    let (mut accounts, _) = rows::lock_and_load(tx, &[id.as_str()], &[], &[]).await?;
+    Ok(accounts.remove(id))
+}
+
+impl Store for PostgresStore {
+    fn submit(&self, request: Request) -> BoxFuture<'_, Result<Executed, ExecError>> {
+        Box::pin(async move {
+            let mut results = self.submit_many(vec![request]).await;
+            results.pop().expect("one request, one result")
+        })
+    }
+
+    fn submit_many(
+        &self,
+        requests: Vec<Request>,
+    ) -> BoxFuture<'_, Vec<Result<Executed, ExecError>>> {
+        Box::pin(async move {
+            let n = requests.len();
+            let unavailable = || {
+                (0..n)
+                    .map(|_| Err(ExecError::Store(StoreError::Unavailable)))
+                    .collect()
+            };
+            let (tx, rx) = oneshot::channel();
+            if self.inner.jobs.send((requests, tx)).await.is_err() {
+                return unavailable();
+            }
+            rx.await.unwrap_or_else(|_| unavailable())
+        })
+    }
+
+    fn sweep_due(&self, now: Timestamp, limit: usize) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let results = run_with_retries(&self.inner.pool, &[], now, Some(limit)).await?;
+            for r in &results {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "sweep of an account failed; the next pass retries");
+                }
+            }
+            Ok(results.len())
+        })
+    }
+
+    fn account(&self, id: &AccountId) -> BoxFuture<'_, Result<Option<AccountState>, StoreError>> {
+        let id = id.clone();
+        Box::pin(async move { rows::load_account(&self.conn().await?, &id).await })
+    }
+
+    fn accounts(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<AccountState>, StoreError>> {
+        let after = after.cloned();
+        Box::pin(async move {
+            rows::load_accounts(
+                &self.conn().await?,
+                after.as_ref(),
+                limit.min(PAGE_SIZE_MAX),
+            )
+            .await
+        })
+    }
+
+    fn events(
+        &self,
+        id: &AccountId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
+        let id = id.clone();
+        Box::pin(async move {
+            rows::load_events(&self.conn().await?, &id, before, limit.min(PAGE_SIZE_MAX)).await
+        })
+    }
+
+    fn hold_accounts(
+        &self,
+        hold_ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<HashMap<String, AccountId>, StoreError>> {
+        Box::pin(async move { rows::hold_accounts(&self.conn().await?, &hold_ids).await })
+    }
+
+    fn hold(&self, hold_id: &str) -> BoxFuture<'_, Result<Option<Hold>, StoreError>> {
+        let hold_id = hold_id.to_owned();
+        Box::pin(async move { rows::load_hold(&self.conn().await?, &hold_id).await })
+    }
+
+    fn holds(
+        &self,
+        id: &AccountId,
+        status: Option<HoldStatus>,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Hold>, StoreError>> {
+        let id = id.clone();
+        Box::pin(async move {
+            rows::load_holds(
+                &self.conn().await?,
+                &id,
+                status,
+                now,
+                limit.min(PAGE_SIZE_MAX),
+            )
+            .await
+        })
+    }
+
+    fn due_accounts(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<AccountId>, StoreError>> {
+        Box::pin(async move { rows::due_accounts(&self.conn().await?, now, limit).await })
+    }
+
+    fn purge_idempotency(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut client = self.conn().await?;
+            let tx = client.transaction().await?;
+            // One node purges at a time; the others skip this pass.
+            let claimed: bool = tx
+                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PURGE_LOCK])
+                .await?
+                .get(0);
+            if !claimed {
+                return Ok(0);
+            }
+            let n = tx
+                .execute(
+                    "DELETE FROM idempotency WHERE created_at < $1",
+                    &[&before.millis()],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+
+    fn open_holds(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Hold>, StoreError>> {
+        Box::pin(async move { rows::open_holds(&self.conn().await?, now, limit).await })
+    }
+
+    fn add_credential(
+        &self,
+        account: &AccountId,
+        key: CredentialKey,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Result<Credential, CredentialRefusal>, StoreError>> {
+        let account = account.clone();
+        let id = crate::credential::credential_id(&key);
+        Box::pin(async move {
+            let mut client = self.conn().await?;
+            let tx = client.transaction().await?;
+            let Some(state) = lock_account(&tx, &account).await? else {
+                return Ok(Err(CredentialRefusal::AccountNotFound));
+            };
+            // Two accounts may race for one key: the unique index decides,
+            // and the loser sees the winner's row.
+            let inserted = tx
+                .execute(
+                    "INSERT INTO credentials (id, account_id, lookup, public, display, active, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, TRUE, $6, $6) ON CONFLICT DO NOTHING",
+                    &[&id, &account.as_str(), &key.lookup, &key.public, &key.display, &now.millis()],
+                )
+                .await?;
+            if inserted == 0 {
+                drop(tx);
+                let existing = rows::find_credential(&client, &key).await?.ok_or_else(|| {
+                    StoreError::Corrupt("credential conflict without a credential".into())
+                })?;
+                return Ok(if existing.account_id == account {
+                    Ok(existing)
+                } else {
+                    Err(CredentialRefusal::KeyInUse)
+                });
+            }
+            let attrs = serde_json::json!({"credential_id": id, "public": key.public}).to_string();
+            let event = credential_event(&state, EventKind::CredentialAdded, now, attrs);
+            rows::write_events(&tx, &[event]).await?;
+            let created = rows::find_credential(&tx, &key)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("credential vanished after insert".into()))?;
+            tx.commit().await?;
+            Ok(Ok(created))
+        })
+    }
+
+    fn credentials(
+        &self,
+        account: &AccountId,
+    ) -> BoxFuture<'_, Result<Vec<Credential>, StoreError>> {
+        let account = account.clone();
+        Box::pin(async move { rows::credentials(&self.conn().await?, &account).await })
+    }
+
+    fn set_credential_active(
+        &self,
+        account: &AccountId,
+        credential_id: &str,
+        active: bool,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<Option<Credential>, StoreError>> {
+        let (account, credential_id) = (account.clone(), credential_id.to_owned());
+        Box::pin(async move {
+            let mut client = self.conn().await?;
+            let tx = client.transaction().await?;
+            let Some(state) = lock_account(&tx, &account).await? else {
+                return Ok(None);
+            };
+            let Some(current) = rows::credential_by_id(&tx, &account, &credential_id).await? else {
+                return Ok(None);
+            };
+            if current.active == active {
+                return Ok(Some(current));
+            }
+            tx.execute(
+                "UPDATE credentials SET active = $1, updated_at = $2 WHERE id = $3",
+                &[&active, &now.millis(), &credential_id],
+            )
+            .await?;
+            let kind = if active {
+                EventKind::CredentialActivated
+            } else {
+                EventKind::CredentialDeactivated
+            };
+            let attrs = serde_json::json!({"credential_id": credential_id}).to_string();
+            rows::write_events(&tx, &[credential_event(&state, kind, now, attrs)]).await?;
+            tx.commit().await?;
+            Ok(Some(Credential {
+                active,
+                updated_at: now,
+                ..current
+            }))
+        })
+    }
+
+    fn find_credential(
+        &self,
+        key: &CredentialKey,
+    ) -> BoxFuture<'_, Result<Option<Credential>, StoreError>> {
+        let key = key.clone();
+        Box::pin(async move { rows::find_credential(&self.conn().await?, &key).await })
+    }
+
+    fn setting(&self, key: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let key = key.to_owned();
+        Box::pin(async move { rows::setting(&self.conn().await?, &key).await })
+    }
+
+    fn set_setting(&self, key: &str, value: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        Box::pin(async move {
+            self.conn()
+                .await?
+                .execute(
+                    "INSERT INTO settings (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    &[&key, &value],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+}
