@@ -42,13 +42,31 @@ impl std::fmt::Debug for Config {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Database {
     Sqlite(PathBuf),
+    /// A `postgres://` or `postgresql://` URL, kept as given (it may carry
+    /// a password, so `Debug` hides it).
+    Postgres(PostgresUrl),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(pub String);
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keep scheme, host and database; drop user info.
+        let url = &self.0;
+        let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        write!(f, "{scheme}://***@{rest}")
+    }
 }
 
 impl Database {
-    /// `sqlite:PATH`, `sqlite://PATH`, or a bare path.
+    /// `sqlite:PATH`, `sqlite://PATH`, a bare path, or a PostgreSQL URL
+    /// (`postgres://user:password@host:port/database`).
     pub fn parse(url: &str) -> Result<Database, String> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err("PostgreSQL is not supported by this build yet; use sqlite:PATH".into());
+            reckon_store::postgres::check_url(url)?;
+            return Ok(Database::Postgres(PostgresUrl(url.to_owned())));
         }
         let path = url
             .strip_prefix("sqlite://")
@@ -134,7 +152,13 @@ mod tests {
             Ok(Database::Sqlite("/abs/x.db".into()))
         );
         assert_eq!(Database::parse("x.db"), Ok(Database::Sqlite("x.db".into())));
-        assert!(Database::parse("postgres://localhost/db").is_err());
+        assert!(matches!(
+            Database::parse("postgres://u:secret@localhost/db"),
+            Ok(Database::Postgres(_))
+        ));
+        let debug = format!("{:?}", Database::parse("postgres://u:secret@localhost/db").unwrap());
+        assert!(!debug.contains("secret"), "{debug}");
+        assert!(Database::parse("postgres://localhost:notaport/db").is_err());
         assert!(Database::parse("sqlite:").is_err());
     }
 }

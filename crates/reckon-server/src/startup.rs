@@ -5,7 +5,7 @@
 use crate::config::{Config, Database};
 use crate::scheduler::{self, SchedulerConfig};
 use crate::{router, AppState, Keys, Limits};
-use reckon_store::{Clock, SqliteStore, Store};
+use reckon_store::{Clock, PostgresStore, SqliteStore, Store};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,13 +21,22 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-pub fn open_store(
+pub async fn open_store(
     database: &Database,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn Store>, StartError> {
     match database {
         Database::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path, clock)?)),
+        Database::Postgres(url) => Ok(Arc::new(PostgresStore::connect(&url.0, clock).await?)),
     }
+}
+
+/// Applies pending migrations; returns how many ran.
+pub async fn migrate(database: &Database) -> Result<usize, StartError> {
+    Ok(match database {
+        Database::Sqlite(path) => SqliteStore::migrate(path)?,
+        Database::Postgres(url) => PostgresStore::migrate(&url.0).await?,
+    })
 }
 
 /// Opens everything and serves on `listener` until `shutdown` resolves.
@@ -37,7 +46,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let store = open_store(&config.database, clock.clone())?;
+    let store = open_store(&config.database, clock.clone()).await?;
     let (keys, generated) = Keys::resolve(&config.service_keys, &config.admin_keys, store.as_ref())
         .await
         .map_err(|e| StartError::Keys(e.message))?;

@@ -395,16 +395,7 @@ async fn expiry_follows_the_clock_without_any_sweep() {
         .unwrap();
     assert_eq!(error_code(r).await, (402, "insufficient_balance".into()));
     // The scheduler's pass writes the expiry event, stamped with the instant it happened.
-    let store = reckon_store::SqliteStore::open(
-        &app.db_path,
-        std::sync::Arc::new(reckon_store::SystemClock),
-    )
-    .unwrap();
-    let report =
-        reckon_server::scheduler::sweep_once(&store, reckon_store::Clock::now(&*app.clock), 86_400)
-            .await
-            .unwrap();
-    assert_eq!(report.accounts_swept, 1);
+    assert_eq!(app.sweep().await.accounts_swept, 1);
     let events: Value = app
         .service(Method::GET, "/v1/accounts/a/events?limit=1")
         .send()
@@ -613,11 +604,12 @@ async fn concurrent_http_usage_never_overspends() {
 #[tokio::test]
 async fn writes_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("reckon.db");
+    // Kept here, so the database outlives both servers.
+    let (db, _schema) = fresh_database(&dir).await;
     let app = spawn_with(
         tempfile::tempdir().unwrap(),
-        db.clone(),
-        config(&db, vec![ADMIN.into()]),
+        None,
+        config(db.clone(), vec![ADMIN.into()]),
     )
     .await;
     app.create_account("a").await;
@@ -625,8 +617,8 @@ async fn writes_survive_a_restart() {
     app.stop().await;
     let app = spawn_with(
         tempfile::tempdir().unwrap(),
-        db.clone(),
-        config(&db, vec![ADMIN.into()]),
+        None,
+        config(db.clone(), vec![ADMIN.into()]),
     )
     .await;
     assert_eq!(app.available("a").await, "5.5");

@@ -20,7 +20,7 @@ use reckon_core::{
 use reckon_server::config::{self, Config, Database};
 use reckon_server::views::AccountView;
 use reckon_server::wire;
-use reckon_store::{Clock, Request, SqliteStore, Store, SystemClock};
+use reckon_store::{Clock, Request, Store, SystemClock};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -53,7 +53,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct DbArgs {
-    /// Database URL: sqlite:PATH [env: RECKON_DATABASE_URL, APP_DB_PATH, APP_DATA_DIR]
+    /// Database URL: sqlite:PATH or postgres://USER@HOST/DB [env: RECKON_DATABASE_URL, APP_DB_PATH, APP_DATA_DIR]
     #[arg(long)]
     database: Option<String>,
 }
@@ -163,7 +163,7 @@ fn run(cli: Cli) -> Result<()> {
         match cli.command {
             Cmd::Serve(args) => serve(args).await,
             Cmd::Bench(args) => bench::run(args).await,
-            Cmd::Migrate(db) => migrate(db),
+            Cmd::Migrate(db) => migrate(db).await,
             Cmd::Account(AccountCmd::Create {
                 id,
                 unit,
@@ -281,23 +281,23 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested; finishing in-flight requests");
 }
 
-fn migrate(db: DbArgs) -> Result<()> {
-    match db.database()? {
-        Database::Sqlite(path) => {
-            let n = SqliteStore::migrate(&path)?;
-            println!("{}: {n} migration(s) applied", path.display());
-        }
+async fn migrate(db: DbArgs) -> Result<()> {
+    let database = db.database()?;
+    let n = reckon_server::startup::migrate(&database).await?;
+    match database {
+        Database::Sqlite(path) => println!("{}: {n} migration(s) applied", path.display()),
+        Database::Postgres(url) => println!("{url:?}: {n} migration(s) applied"),
     }
     Ok(())
 }
 
-fn open(db: &DbArgs) -> Result<Arc<dyn Store>> {
+async fn open(db: &DbArgs) -> Result<Arc<dyn Store>> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    Ok(reckon_server::startup::open_store(&db.database()?, clock)?)
+    Ok(reckon_server::startup::open_store(&db.database()?, clock).await?)
 }
 
 async fn submit(db: &DbArgs, request: Request) -> Result<()> {
-    let store = open(db)?;
+    let store = open(db).await?;
     store
         .submit(request)
         .await
@@ -306,7 +306,7 @@ async fn submit(db: &DbArgs, request: Request) -> Result<()> {
 }
 
 async fn show(db: &DbArgs, id: &str) -> Result<()> {
-    let store = open(db)?;
+    let store = open(db).await?;
     let Some(state) = store.account(&parse_id(id)?).await? else {
         bail!("account_not_found: no account {id}")
     };

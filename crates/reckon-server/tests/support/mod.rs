@@ -1,6 +1,9 @@
-//! `spawn_app()`: a real Reckon server on port 0 with its own fresh SQLite
+//! `spawn_app()`: a real Reckon server on port 0 with its own fresh
 //! database and a clock the test moves. Started through the same
 //! `startup::run` the binary uses.
+//!
+//! The database is SQLite, or with `RECKON_TEST_BACKEND=postgres` a fresh
+//! PostgreSQL schema per test (`scripts/test` runs these tests both ways).
 #![allow(dead_code)]
 
 use reckon_core::Timestamp;
@@ -18,8 +21,9 @@ pub struct App {
     pub base: String,
     pub clock: Arc<ManualClock>,
     pub http: reqwest::Client,
-    pub db_path: std::path::PathBuf,
+    pub database: Database,
     _dir: tempfile::TempDir,
+    _schema: Option<reckon_store::postgres::scratch::ScratchSchema>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -85,8 +89,10 @@ impl App {
     /// scheduler would make it (a second handle on the same database, whose
     /// writer uses the same fake clock).
     pub async fn sweep(&self) -> reckon_server::scheduler::SweepReport {
-        let store = reckon_store::SqliteStore::open(&self.db_path, self.clock.clone()).unwrap();
-        reckon_server::scheduler::sweep_once(&store, self.clock.now(), 86_400)
+        let store = reckon_server::startup::open_store(&self.database, self.clock.clone())
+            .await
+            .unwrap();
+        reckon_server::scheduler::sweep_once(store.as_ref(), self.clock.now(), 86_400)
             .await
             .unwrap()
     }
@@ -102,10 +108,10 @@ impl App {
     }
 }
 
-pub fn config(db_path: &std::path::Path, admin: Vec<String>) -> Config {
+pub fn config(database: Database, admin: Vec<String>) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        database: Database::Sqlite(db_path.to_path_buf()),
+        database,
         service_keys: vec![SERVICE.into()],
         admin_keys: admin,
         cors_origins: vec!["*".into()],
@@ -117,17 +123,36 @@ pub fn config(db_path: &std::path::Path, admin: Vec<String>) -> Config {
     }
 }
 
+/// A fresh database for one test: SQLite in `dir`, or a PostgreSQL schema.
+pub async fn fresh_database(
+    dir: &tempfile::TempDir,
+) -> (Database, Option<reckon_store::postgres::scratch::ScratchSchema>) {
+    if std::env::var("RECKON_TEST_BACKEND").is_ok_and(|b| b == "postgres") {
+        let base = std::env::var("RECKON_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| reckon_store::postgres::scratch::DEFAULT_URL.into());
+        let schema = reckon_store::postgres::scratch::ScratchSchema::create(&base)
+            .await
+            .expect("RECKON_TEST_BACKEND=postgres needs a PostgreSQL server");
+        let database = Database::parse(&schema.url).unwrap();
+        (database, Some(schema))
+    } else {
+        (Database::Sqlite(dir.path().join("reckon.db")), None)
+    }
+}
+
 pub async fn spawn_app() -> App {
     let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("reckon.db");
-    spawn_with(dir, db_path.clone(), config(&db_path, vec![ADMIN.into()])).await
+    let (database, schema) = fresh_database(&dir).await;
+    let config = config(database, vec![ADMIN.into()]);
+    spawn_with(dir, schema, config).await
 }
 
 pub async fn spawn_with(
     dir: tempfile::TempDir,
-    db_path: std::path::PathBuf,
+    schema: Option<reckon_store::postgres::scratch::ScratchSchema>,
     config: Config,
 ) -> App {
+    let database = config.database.clone();
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0_MS)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -144,8 +169,9 @@ pub async fn spawn_with(
         base,
         clock,
         http: reqwest::Client::new(),
-        db_path,
+        database,
         _dir: dir,
+        _schema: schema,
         stop: Some(stop),
         server: Some(server),
     }

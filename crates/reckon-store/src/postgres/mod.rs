@@ -70,6 +70,13 @@ struct Inner {
     jobs: mpsc::Sender<Job>,
 }
 
+/// Whether `url` is a PostgreSQL URL this backend can use (without connecting).
+pub fn check_url(url: &str) -> Result<(), String> {
+    url.parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| format!("bad PostgreSQL URL: {e}"))
+}
+
 fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
     let mut config: tokio_postgres::Config = url
         .parse()
