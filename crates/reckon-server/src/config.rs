@@ -156,7 +156,10 @@ mod tests {
             Database::parse("postgres://u:secret@localhost/db"),
             Ok(Database::Postgres(_))
         ));
-        let debug = format!("{:?}", Database::parse("postgres://u:secret@localhost/db").unwrap());
+        let debug = format!(
+            "{:?}",
+            Database::parse("postgres://u:secret@localhost/db").unwrap()
+        );
         assert!(!debug.contains("secret"), "{debug}");
         assert!(Database::parse("postgres://localhost:notaport/db").is_err());
         assert!(Database::parse("sqlite:").is_err());

@@ -126,7 +126,10 @@ pub fn config(database: Database, admin: Vec<String>) -> Config {
 /// A fresh database for one test: SQLite in `dir`, or a PostgreSQL schema.
 pub async fn fresh_database(
     dir: &tempfile::TempDir,
-) -> (Database, Option<reckon_store::postgres::scratch::ScratchSchema>) {
+) -> (
+    Database,
+    Option<reckon_store::postgres::scratch::ScratchSchema>,
+) {
     if std::env::var("RECKON_TEST_BACKEND").is_ok_and(|b| b == "postgres") {
         let base = std::env::var("RECKON_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| reckon_store::postgres::scratch::DEFAULT_URL.into());
