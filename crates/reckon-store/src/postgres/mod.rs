@@ -43,7 +43,7 @@ use tokio_postgres::NoTls;
 
 /// Batches one node runs at once. More overlap round trips to the
 /// database; batches on the same hot account still take turns on its lock.
-pub const WRITERS: usize = 4;
+pub const WRITERS: usize = 2;
 /// Connections for reads, besides the writers'.
 pub const READ_CONNECTIONS: usize = 8;
 /// Requests that may wait for a writer before submitters are slowed down.
@@ -84,6 +84,18 @@ fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
+    // Our statements are prepared once per connection and run thousands of
+    // times with arrays whose sizes the planner cannot know; by default it
+    // keeps planning them afresh (most of the server's CPU in profiles), so
+    // plan them once. Every one of them is meant to be an index lookup: a
+    // plan made while a table was still small must not stay a sequential
+    // scan once it has grown (that was the rest of the CPU).
+    const SESSION: &str = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off";
+    let options = match config.get_options() {
+        Some(o) => format!("{o} {SESSION}"),
+        None => SESSION.to_owned(),
+    };
+    config.options(&options);
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -217,16 +229,21 @@ async fn run_with_retries(
     now: Timestamp,
     sweep: Option<usize>,
 ) -> Result<Vec<Result<Executed, ExecError>>, StoreError> {
-    let mut client = connection(pool).await?;
+    let client = connection(pool).await?;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match run_batch(&mut client, requests, now, sweep).await {
+        match run_batch(&client, requests, now, sweep).await {
             Ok(results) => return Ok(results),
             Err(Attempt::Raced(why)) if attempt < BATCH_ATTEMPTS_MAX => {
                 tracing::debug!(attempt, why, "batch raced another node; running it again");
                 // A short, growing, jittered pause lets the other side finish.
-                let jitter = (now.millis() as u64 ^ attempt as u64 * 7919) % 5;
+                use std::hash::{BuildHasher, Hasher};
+                // Different on every call and node, so racers fall out of step.
+                let jitter = std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+                    % 5;
                 tokio::time::sleep(std::time::Duration::from_millis(
                     u64::from(attempt) + jitter,
                 ))
@@ -238,26 +255,48 @@ async fn run_with_retries(
     }
 }
 
+/// One attempt at a batch, as an explicit `BEGIN ... COMMIT` on one
+/// connection in two round trips (see `rows::begin_lock_and_load` and
+/// `rows::write_and_commit`). Whatever fails, the transaction is rolled
+/// back before the connection goes back to the pool.
 async fn run_batch(
-    client: &mut deadpool_postgres::Object,
+    client: &deadpool_postgres::Object,
     requests: &[Request],
     now: Timestamp,
     sweep: Option<usize>,
 ) -> Result<Vec<Result<Executed, ExecError>>, Attempt> {
-    let tx = client.transaction().await?;
+    let result = run_batch_open(client, requests, now, sweep).await;
+    if result.is_err() {
+        // Harmless when nothing is open; if even this fails the connection
+        // is broken and the pool drops it.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+async fn run_batch_open(
+    client: &deadpool_postgres::Object,
+    requests: &[Request],
+    now: Timestamp,
+    sweep: Option<usize>,
+) -> Result<Vec<Result<Executed, ExecError>>, Attempt> {
     let claimed;
-    let requests = match sweep {
-        None => requests,
+    let (requests, begun) = match sweep {
+        None => (requests, false),
         Some(limit) => {
-            claimed = rows::claim_due_accounts(&tx, now, limit)
+            client.batch_execute("BEGIN").await?;
+            claimed = rows::claim_due_accounts(client, now, limit)
                 .await?
                 .into_iter()
                 .map(|account| Request::new(Command::Sweep { account }))
                 .collect::<Vec<_>>();
-            &claimed[..]
+            (&claimed[..], true)
         }
     };
     if requests.is_empty() {
+        if begun {
+            client.batch_execute("ROLLBACK").await?;
+        }
         return Ok(Vec::new());
     }
     let plan = plan(requests);
@@ -273,7 +312,8 @@ async fn run_batch(
         .iter()
         .map(|(a, k)| (a.as_str(), k.as_str()))
         .collect();
-    let (accounts, idempotency) = rows::lock_and_load(&tx, &ids, &targets, &keys).await?;
+    let (accounts, idempotency) =
+        rows::begin_lock_and_load(client, !begun, &ids, &targets, &keys).await?;
     let out = apply_batch(
         Prefetched {
             accounts,
@@ -283,17 +323,10 @@ async fn run_batch(
         now,
     );
     if out.writes.is_empty() {
-        tx.rollback().await?;
-        return Ok(out.results);
+        client.batch_execute("ROLLBACK").await?;
+    } else {
+        rows::write_and_commit(client, &out.writes).await?;
     }
-    for w in &out.writes.accounts {
-        if let Err(raced) = rows::write_account(&tx, w).await? {
-            return Err(Attempt::Raced(raced.0));
-        }
-    }
-    rows::write_events(&tx, &out.writes.events).await?;
-    rows::write_idempotency(&tx, &out.writes.idempotency).await?;
-    tx.commit().await?;
     Ok(out.results)
 }
 
@@ -326,7 +359,7 @@ async fn lock_account(
     tx: &deadpool_postgres::Transaction<'_>,
     id: &AccountId,
 ) -> Result<Option<AccountState>, StoreError> {
-    let (mut accounts, _) = rows::lock_and_load(tx, &[id.as_str()], &[], &[]).await?;
+    let (mut accounts, _) = rows::begin_lock_and_load(tx, false, &[id.as_str()], &[], &[]).await?;
     Ok(accounts.remove(id))
 }
 

@@ -7,14 +7,16 @@ use crate::codec::{
 };
 use crate::credential::{Credential, CredentialKey};
 use crate::error::StoreError;
-use crate::executor::{next_due, AccountWrite, EventWrite, IdempotencyRecord, IdempotencyWrite};
+use crate::executor::{next_due, EventWrite, IdempotencyRecord, Writes};
 use crate::request::StoredEvent;
 use deadpool_postgres::GenericClient;
+use futures_util::future::{try_join, try_join3, try_join4, try_join_all};
 use reckon_core::{
     Account, AccountId, AccountState, AccountStatus, Event, EventKind, Hold, HoldStatus,
     OveragePolicy, Timestamp, Totals, Unit,
 };
 use std::collections::HashMap;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 fn ts(v: Option<i64>) -> Option<Timestamp> {
@@ -102,57 +104,71 @@ pub async fn load_account(
     Ok(Some(state))
 }
 
-/// Locks the named accounts (those that exist) in id order and loads them
-/// with their open holds and the target holds, then the idempotency records
-/// the batch carries. The holds and records are read after the locks are
-/// granted, so they include everything committed by the previous holder.
-pub async fn lock_and_load(
+type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// Everything a batch reads, under its locks.
+pub type Loaded = (
+    HashMap<AccountId, AccountState>,
+    HashMap<(AccountId, String), IdempotencyRecord>,
+);
+
+/// Starts the batch's transaction (when `begin`), locks the named accounts
+/// (those that exist) in id order, and loads them with their open and
+/// target holds and the idempotency records the batch carries: all in one
+/// round trip. PostgreSQL runs a connection's statements one after another,
+/// so the hold and record reads start after the locks are granted and, under
+/// READ COMMITTED, see everything the previous lock holder committed.
+pub async fn begin_lock_and_load(
     c: &impl GenericClient,
+    begin: bool,
     ids: &[&str],
     target_holds: &[&str],
     keys: &[(&str, &str)],
-) -> Result<
-    (
-        HashMap<AccountId, AccountState>,
-        HashMap<(AccountId, String), IdempotencyRecord>,
-    ),
-    StoreError,
-> {
+) -> Result<Loaded, StoreError> {
     // ORDER BY sits below the row locks in the plan, so rows are locked in
     // id order: every node takes locks in one global order, so no deadlock.
-    let sql =
+    let lock_sql =
         format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE");
-    let rows = c.query(&c.prepare_cached(&sql).await?, &[&ids]).await?;
+    let holds_sql = format!(
+        "SELECT {HOLD_COLUMNS} FROM holds WHERE (account_id = ANY($1) AND status = 'held') OR id = ANY($2)"
+    );
+    let records_sql = "SELECT i.account_id, i.key, i.fingerprint, i.outcome FROM idempotency i
+         JOIN unnest($1::text[], $2::text[]) AS k(a, k) ON i.account_id = k.a AND i.key = k.k";
+    // Prepared first (cached after the first batch), so that the statements
+    // below go out in exactly this order.
+    let (lock, holds, records) = try_join3(
+        c.prepare_cached(&lock_sql),
+        c.prepare_cached(&holds_sql),
+        c.prepare_cached(records_sql),
+    )
+    .await?;
+    let (key_accounts, key_names): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    let lock_params: [Param; 1] = [&ids];
+    let holds_params: [Param; 2] = [&ids, &target_holds];
+    let records_params: [Param; 2] = [&key_accounts, &key_names];
+    let begin = async {
+        if begin {
+            c.batch_execute("BEGIN").await
+        } else {
+            Ok(())
+        }
+    };
+    let ((), rows, holds, records) = try_join4(
+        begin,
+        c.query(&lock, &lock_params),
+        c.query(&holds, &holds_params),
+        c.query(&records, &records_params),
+    )
+    .await?;
     let mut accounts = HashMap::with_capacity(rows.len());
     for r in &rows {
         let state = account(r)?;
         accounts.insert(state.account.id.clone(), state);
     }
-    if accounts.is_empty() {
-        return Ok((accounts, HashMap::new()));
-    }
-    let holds_sql = format!(
-        "SELECT {HOLD_COLUMNS} FROM holds WHERE (account_id = ANY($1) AND status = 'held') OR id = ANY($2)"
-    );
-    let (key_accounts, key_names): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-    let holds_stmt = c.prepare_cached(&holds_sql).await?;
-    let records_stmt = c
-        .prepare_cached(
-            "SELECT i.account_id, i.key, i.fingerprint, i.outcome FROM idempotency i
-             JOIN unnest($1::text[], $2::text[]) AS k(a, k) ON i.account_id = k.a AND i.key = k.k",
-        )
-        .await?;
-    let holds_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, &target_holds];
-    let records_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-        [&key_accounts, &key_names];
-    // Sent together: one round trip for both.
-    let holds = c.query(&holds_stmt, &holds_params);
-    let records = c.query(&records_stmt, &records_params);
-    let (holds, records) = futures_util::future::try_join(holds, records).await?;
     for r in &holds {
         let h = hold(r)?;
-        // A hold id names one account: a target from another account is
-        // "not found" for this one, as in SQLite.
+        // Only accounts we locked; a target hold of another account is "not
+        // found" for the one named, as in SQLite.
         if let Some(state) = accounts.get_mut(&h.account_id) {
             if !state.holds.iter().any(|o| o.id == h.id) {
                 state.holds.push(h);
@@ -162,6 +178,9 @@ pub async fn lock_and_load(
     let mut idempotency = HashMap::with_capacity(records.len());
     for r in &records {
         let id = account_id(r.try_get(0)?)?;
+        if !accounts.contains_key(&id) {
+            continue; // not locked: cannot be trusted (and cannot exist)
+        }
         let key: String = r.try_get(1)?;
         let record = IdempotencyRecord {
             fingerprint: r.try_get(2)?,
@@ -172,158 +191,318 @@ pub async fn lock_and_load(
     Ok((accounts, idempotency))
 }
 
-/// Why a batch's writes could not go in as planned; the batch is retried.
-#[derive(Debug)]
-pub struct Raced(pub String);
-
-/// Writes a changed account and its changed holds. A new account is
-/// inserted only if no other node created it meanwhile: then the batch was
-/// decided on a state that no longer holds, and must run again.
-pub async fn write_account(
-    c: &impl GenericClient,
-    w: &AccountWrite,
-) -> Result<Result<(), Raced>, StoreError> {
-    let s = &w.after;
-    let a = &s.account;
-    let expires_at = a.expires_at.map(Timestamp::millis);
-    let next_due = next_due(s).map(Timestamp::millis);
-    let grants = encode_grants(&s.grants);
-    let next_grant_seq = s.next_grant_seq as i64;
-    let (created_at, updated_at) = (a.created_at.millis(), a.updated_at.millis());
-    let (granted, used, expired) = (
-        s.totals.granted.micros(),
-        s.totals.used.micros(),
-        s.totals.expired.micros(),
-    );
-    let changed = if w.before.is_none() {
-        c.execute(
-            &c.prepare_cached("INSERT INTO accounts (id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at,
-                                   granted, used, expired, next_grant_seq, next_due, grants)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-             ON CONFLICT (id) DO NOTHING").await?,
-            &[
-                &a.id.as_str(), &a.unit.as_str(), &a.status.as_str(), &expires_at, &a.timezone,
-                &a.metadata, &a.overage.as_str(), &created_at, &updated_at, &granted, &used,
-                &expired, &next_grant_seq, &next_due, &grants,
-            ],
-        )
-        .await?
-    } else {
-        c.execute(
-            &c.prepare_cached("UPDATE accounts SET status = $2, expires_at = $3, metadata = $4, overage = $5, updated_at = $6,
-                 granted = $7, used = $8, expired = $9, next_grant_seq = $10, next_due = $11, grants = $12
-             WHERE id = $1").await?,
-            &[
-                &a.id.as_str(), &a.status.as_str(), &expires_at, &a.metadata, &a.overage.as_str(),
-                &updated_at, &granted, &used, &expired, &next_grant_seq, &next_due, &grants,
-            ],
-        )
-        .await?
-    };
-    if changed != 1 {
-        return Ok(Err(Raced(format!(
-            "account {} was created concurrently",
-            a.id
-        ))));
-    }
-    let before_holds = w.before.as_ref().map_or(&[][..], |b| &b.holds[..]);
-    for h in &s.holds {
-        if before_holds.iter().any(|old| old == h) {
-            continue;
-        }
-        let changed = c.execute(
-            &c.prepare_cached("INSERT INTO holds (id, account_id, amount, status, expires_at, allocations, settled_amount, created_at, resolved_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, allocations = excluded.allocations,
-                     settled_amount = excluded.settled_amount, resolved_at = excluded.resolved_at
-                 WHERE holds.account_id = excluded.account_id").await?,
-                &[
-                    &h.id, &a.id.as_str(), &h.amount.micros(), &h.status.as_str(),
-                    &h.expires_at.millis(), &encode_allocations(&h.allocations),
-                    &h.settled_amount.micros(), &h.created_at.millis(),
-                    &h.resolved_at.map(Timestamp::millis),
-                ],
-            )
-            .await?;
-        if changed != 1 {
-            return Err(StoreError::Corrupt(format!(
-                "hold id {} already belongs to another account",
-                h.id
-            )));
-        }
-    }
-    Ok(Ok(()))
+/// Column vectors of changed accounts, for one `unnest` statement.
+#[derive(Default)]
+struct AccountColumns<'a> {
+    id: Vec<&'a str>,
+    unit: Vec<&'a str>,
+    status: Vec<&'a str>,
+    expires_at: Vec<Option<i64>>,
+    timezone: Vec<Option<&'a str>>,
+    metadata: Vec<&'a str>,
+    overage: Vec<&'a str>,
+    created_at: Vec<i64>,
+    updated_at: Vec<i64>,
+    granted: Vec<i64>,
+    used: Vec<i64>,
+    expired: Vec<i64>,
+    next_grant_seq: Vec<i64>,
+    next_due: Vec<Option<i64>>,
+    grants: Vec<String>,
 }
 
-/// Inserts events in one statement, in order (so `seq` follows the batch).
-pub async fn write_events(c: &impl GenericClient, events: &[EventWrite]) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
+impl<'a> AccountColumns<'a> {
+    fn push(&mut self, s: &'a AccountState) {
+        let a = &s.account;
+        self.id.push(a.id.as_str());
+        self.unit.push(a.unit.as_str());
+        self.status.push(a.status.as_str());
+        self.expires_at.push(a.expires_at.map(Timestamp::millis));
+        self.timezone.push(a.timezone.as_deref());
+        self.metadata.push(&a.metadata);
+        self.overage.push(a.overage.as_str());
+        self.created_at.push(a.created_at.millis());
+        self.updated_at.push(a.updated_at.millis());
+        self.granted.push(s.totals.granted.micros());
+        self.used.push(s.totals.used.micros());
+        self.expired.push(s.totals.expired.micros());
+        self.next_grant_seq.push(s.next_grant_seq as i64);
+        self.next_due.push(next_due(s).map(Timestamp::millis));
+        self.grants.push(encode_grants(&s.grants));
     }
-    let n = events.len();
-    let mut account = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut amt = Vec::with_capacity(n);
-    let mut after = Vec::with_capacity(n);
-    let mut at = Vec::with_capacity(n);
-    let mut grant = Vec::with_capacity(n);
-    let mut hold = Vec::with_capacity(n);
-    let mut key = Vec::with_capacity(n);
-    let mut attrs = Vec::with_capacity(n);
-    for w in events {
-        let e = &w.event;
-        account.push(w.account_id.as_str());
-        kind.push(e.kind.as_str());
-        amt.push(e.amount.micros());
-        after.push(e.available_after.micros());
-        at.push(e.at.millis());
-        grant.push(e.grant_id.as_deref());
-        hold.push(e.hold_id.as_deref());
-        key.push(w.idempotency_key.as_deref());
-        attrs.push(w.attributes.as_deref());
+}
+
+#[derive(Default)]
+struct HoldColumns<'a> {
+    id: Vec<&'a str>,
+    account_id: Vec<&'a str>,
+    amount: Vec<i64>,
+    status: Vec<&'a str>,
+    expires_at: Vec<i64>,
+    allocations: Vec<String>,
+    settled_amount: Vec<i64>,
+    created_at: Vec<i64>,
+    resolved_at: Vec<Option<i64>>,
+}
+
+impl<'a> HoldColumns<'a> {
+    fn push(&mut self, h: &'a Hold) {
+        self.id.push(&h.id);
+        self.account_id.push(h.account_id.as_str());
+        self.amount.push(h.amount.micros());
+        self.status.push(h.status.as_str());
+        self.expires_at.push(h.expires_at.millis());
+        self.allocations.push(encode_allocations(&h.allocations));
+        self.settled_amount.push(h.settled_amount.micros());
+        self.created_at.push(h.created_at.millis());
+        self.resolved_at.push(h.resolved_at.map(Timestamp::millis));
     }
-    c.execute(
-            &c.prepare_cached("INSERT INTO events (account_id, kind, amount, available_after, at, grant_id, hold_id, idempotency_key, attributes)
-         SELECT a, k, m, v, t, g, h, i, x FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
-                              $6::text[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY
-                       AS e(a, k, m, v, t, g, h, i, x, n)
-         ORDER BY n").await?,
-        &[&account, &kind, &amt, &after, &at, &grant, &hold, &key, &attrs],
-    )
-    .await?;
+}
+
+const INSERT_ACCOUNTS: &str = "INSERT INTO accounts (id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at,
+        granted, used, expired, next_grant_seq, next_due, grants)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[],
+        $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::text[])";
+
+const UPDATE_ACCOUNTS: &str = "UPDATE accounts a SET status = v.status, expires_at = v.expires_at, metadata = v.metadata,
+        overage = v.overage, updated_at = v.updated_at, granted = v.granted, used = v.used, expired = v.expired,
+        next_grant_seq = v.next_grant_seq, next_due = v.next_due, grants = v.grants
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+        $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[])
+        AS v(id, status, expires_at, metadata, overage, updated_at, granted, used, expired, next_grant_seq, next_due, grants)
+    WHERE a.id = v.id";
+
+const INSERT_HOLDS: &str = "INSERT INTO holds (id, account_id, amount, status, expires_at, allocations, settled_amount, created_at, resolved_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::bigint[],
+        $8::bigint[], $9::bigint[])";
+
+const UPDATE_HOLDS: &str = "UPDATE holds h SET status = v.status, allocations = v.allocations,
+        settled_amount = v.settled_amount, resolved_at = v.resolved_at
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
+        AS v(id, account_id, status, allocations, settled_amount, resolved_at)
+    WHERE h.id = v.id AND h.account_id = v.account_id";
+
+const INSERT_EVENTS: &str = "INSERT INTO events (account_id, kind, amount, available_after, at, grant_id, hold_id, idempotency_key, attributes)
+    SELECT a, k, m, v, t, g, h, i, x FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+        $6::text[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY AS e(a, k, m, v, t, g, h, i, x, n)
+    ORDER BY n";
+
+const INSERT_IDEMPOTENCY: &str =
+    "INSERT INTO idempotency (account_id, key, fingerprint, outcome, created_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])";
+
+/// Writes everything a batch changed and commits, in one round trip: one
+/// statement per table (each over `unnest`ed columns), then `COMMIT`.
+///
+/// Correct because every statement's result is checked before anyone is
+/// answered: if one fails, PostgreSQL aborts the transaction and turns the
+/// `COMMIT` into a rollback. A new account is a plain `INSERT`: if another
+/// node created it since our read, the unique violation aborts the batch
+/// and the caller runs it again. Updated accounts and holds are locked by
+/// this transaction, so their rows are there.
+pub async fn write_and_commit(c: &impl GenericClient, w: &Writes) -> Result<(), StoreError> {
+    let mut new_accounts = AccountColumns::default();
+    let mut accounts = AccountColumns::default();
+    let mut new_holds = HoldColumns::default();
+    let mut holds = HoldColumns::default();
+    for aw in &w.accounts {
+        let before_holds = match &aw.before {
+            None => {
+                new_accounts.push(&aw.after);
+                &[][..]
+            }
+            Some(before) => {
+                accounts.push(&aw.after);
+                &before.holds[..]
+            }
+        };
+        for h in &aw.after.holds {
+            match before_holds.iter().find(|old| old.id == h.id) {
+                None => new_holds.push(h),
+                Some(old) if old != h => holds.push(h),
+                Some(_) => {}
+            }
+        }
+    }
+    let mut ev = EventColumns::default();
+    for e in &w.events {
+        ev.push(e);
+    }
+    let records = &w.idempotency;
+    let r_account: Vec<&str> = records.iter().map(|r| r.account_id.as_str()).collect();
+    let r_key: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    let r_fingerprint: Vec<&str> = records
+        .iter()
+        .map(|r| r.record.fingerprint.as_str())
+        .collect();
+    let r_outcome: Vec<String> = records
+        .iter()
+        .map(|r| encode_outcome(&r.record.outcome))
+        .collect();
+    let r_created: Vec<i64> = records.iter().map(|r| r.created_at.millis()).collect();
+
+    let n = &new_accounts;
+    let u = &accounts;
+    let nh = &new_holds;
+    let uh = &holds;
+    let statements: Vec<(&str, Vec<Param>)> = [
+        (
+            INSERT_ACCOUNTS,
+            !n.id.is_empty(),
+            vec![
+                &n.id as Param,
+                &n.unit,
+                &n.status,
+                &n.expires_at,
+                &n.timezone,
+                &n.metadata,
+                &n.overage,
+                &n.created_at,
+                &n.updated_at,
+                &n.granted,
+                &n.used,
+                &n.expired,
+                &n.next_grant_seq,
+                &n.next_due,
+                &n.grants,
+            ],
+        ),
+        (
+            UPDATE_ACCOUNTS,
+            !u.id.is_empty(),
+            vec![
+                &u.id as Param,
+                &u.status,
+                &u.expires_at,
+                &u.metadata,
+                &u.overage,
+                &u.updated_at,
+                &u.granted,
+                &u.used,
+                &u.expired,
+                &u.next_grant_seq,
+                &u.next_due,
+                &u.grants,
+            ],
+        ),
+        (
+            INSERT_HOLDS,
+            !nh.id.is_empty(),
+            vec![
+                &nh.id as Param,
+                &nh.account_id,
+                &nh.amount,
+                &nh.status,
+                &nh.expires_at,
+                &nh.allocations,
+                &nh.settled_amount,
+                &nh.created_at,
+                &nh.resolved_at,
+            ],
+        ),
+        (
+            UPDATE_HOLDS,
+            !uh.id.is_empty(),
+            vec![
+                &uh.id as Param,
+                &uh.account_id,
+                &uh.status,
+                &uh.allocations,
+                &uh.settled_amount,
+                &uh.resolved_at,
+            ],
+        ),
+        (
+            INSERT_EVENTS,
+            !ev.account.is_empty(),
+            vec![
+                &ev.account as Param,
+                &ev.kind,
+                &ev.amount,
+                &ev.after,
+                &ev.at,
+                &ev.grant,
+                &ev.hold,
+                &ev.key,
+                &ev.attrs,
+            ],
+        ),
+        (
+            INSERT_IDEMPOTENCY,
+            !records.is_empty(),
+            vec![
+                &r_account as Param,
+                &r_key,
+                &r_fingerprint,
+                &r_outcome,
+                &r_created,
+            ],
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, any, _)| *any)
+    .map(|(sql, _, params)| (sql, params))
+    .collect();
+    // Prepared first (cached after the first batch), so that the writes go
+    // out in order and COMMIT after them.
+    let prepared = try_join_all(statements.iter().map(|(sql, _)| c.prepare_cached(sql))).await?;
+    let writes = try_join_all(
+        prepared
+            .iter()
+            .zip(&statements)
+            .map(|(stmt, (_, params))| c.execute(stmt, params)),
+    );
+    try_join(writes, c.batch_execute("COMMIT")).await?;
     Ok(())
 }
 
-/// Inserts idempotency records in one statement. A key is only ever
-/// written by a transaction holding its account's lock, after reading that
-/// the key is absent, so a conflict here means a bug: it fails the batch.
-pub async fn write_idempotency(
-    c: &impl GenericClient,
-    records: &[IdempotencyWrite],
-) -> Result<(), StoreError> {
-    if records.is_empty() {
-        return Ok(());
+#[derive(Default)]
+struct EventColumns<'a> {
+    account: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    amount: Vec<i64>,
+    after: Vec<i64>,
+    at: Vec<i64>,
+    grant: Vec<Option<&'a str>>,
+    hold: Vec<Option<&'a str>>,
+    key: Vec<Option<&'a str>>,
+    attrs: Vec<Option<&'a str>>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn push(&mut self, w: &'a EventWrite) {
+        let e = &w.event;
+        self.account.push(w.account_id.as_str());
+        self.kind.push(e.kind.as_str());
+        self.amount.push(e.amount.micros());
+        self.after.push(e.available_after.micros());
+        self.at.push(e.at.millis());
+        self.grant.push(e.grant_id.as_deref());
+        self.hold.push(e.hold_id.as_deref());
+        self.key.push(w.idempotency_key.as_deref());
+        self.attrs.push(w.attributes.as_deref());
     }
-    let account: Vec<&str> = records.iter().map(|w| w.account_id.as_str()).collect();
-    let key: Vec<&str> = records.iter().map(|w| w.key.as_str()).collect();
-    let fingerprint: Vec<&str> = records
-        .iter()
-        .map(|w| w.record.fingerprint.as_str())
-        .collect();
-    let outcome: Vec<String> = records
-        .iter()
-        .map(|w| encode_outcome(&w.record.outcome))
-        .collect();
-    let created: Vec<i64> = records.iter().map(|w| w.created_at.millis()).collect();
-    c.execute(
-        &c.prepare_cached(
-            "INSERT INTO idempotency (account_id, key, fingerprint, outcome, created_at)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])",
-        )
-        .await?,
-        &[&account, &key, &fingerprint, &outcome, &created],
-    )
-    .await?;
+}
+
+/// Inserts events outside a batch (credential changes), in order.
+pub async fn write_events(c: &impl GenericClient, events: &[EventWrite]) -> Result<(), StoreError> {
+    let mut ev = EventColumns::default();
+    for e in events {
+        ev.push(e);
+    }
+    let params: [Param; 9] = [
+        &ev.account,
+        &ev.kind,
+        &ev.amount,
+        &ev.after,
+        &ev.at,
+        &ev.grant,
+        &ev.hold,
+        &ev.key,
+        &ev.attrs,
+    ];
+    c.execute(&c.prepare_cached(INSERT_EVENTS).await?, &params)
+        .await?;
     Ok(())
 }
 

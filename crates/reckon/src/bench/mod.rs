@@ -45,7 +45,9 @@ pub struct BenchArgs {
     /// Operations per request in the batch scenario.
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
-    /// A running server to load; without it, bench starts its own on a fresh database.
+    /// A running server to load, or several nodes on one database
+    /// (comma-separated; connections are spread over them). Without it,
+    /// bench starts its own server on a fresh database.
     #[arg(long)]
     pub url: Option<String>,
     /// Admin key of the server at --url (for setup).

@@ -53,24 +53,38 @@ impl Endpoint {
 }
 
 pub struct Target {
-    pub endpoint: Endpoint,
+    /// One per node; connection `i` goes to node `i % len` (round robin,
+    /// as a load balancer would spread them).
+    pub endpoints: Vec<Endpoint>,
     pid: Option<u32>,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Target {
-    pub fn external(url: &str, key: Option<String>, pid: Option<u32>) -> Result<Target> {
-        let host = url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(&host)?
-            .next()
-            .context("--url does not resolve")?;
+    /// `urls`: one or more comma-separated base URLs of nodes sharing one database.
+    pub fn external(urls: &str, key: Option<String>, pid: Option<u32>) -> Result<Target> {
         let key = key.context("--key (or RECKON_ADMIN_KEY) is needed with --url")?;
+        let endpoints = urls
+            .split(',')
+            .map(|url| {
+                let host = url
+                    .trim()
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_owned();
+                let addr = std::net::ToSocketAddrs::to_socket_addrs(&host)?
+                    .next()
+                    .with_context(|| format!("{url} does not resolve"))?;
+                Ok(Endpoint {
+                    addr,
+                    host,
+                    key: key.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Target {
-            endpoint: Endpoint { addr, host, key },
+            endpoints,
             pid,
             child: None,
             _dir: None,
@@ -99,11 +113,11 @@ impl Target {
         let host = url.trim_start_matches("http://").to_owned();
         eprintln!("started reckon (pid {}) at {url} on {database}", child.id());
         Ok(Target {
-            endpoint: Endpoint {
+            endpoints: vec![Endpoint {
                 addr: host.parse()?,
                 host,
                 key: SPAWNED_ADMIN_KEY.into(),
-            },
+            }],
             pid: Some(child.id()),
             child: Some(child),
             _dir: Some(dir),
@@ -112,7 +126,8 @@ impl Target {
 
     /// Creates bench-0 .. bench-{n-1}, each with a large grant, 500 per batch.
     pub async fn setup_accounts(&self, n: usize) -> Result<()> {
-        let mut sender = self.endpoint.connect().await?;
+        let endpoint = &self.endpoints[0];
+        let mut sender = endpoint.connect().await?;
         for start in (0..n).step_by(500) {
             let mut ops = Vec::new();
             for i in start..(start + 500).min(n) {
@@ -124,11 +139,7 @@ impl Target {
             let body = serde_json::to_vec(&serde_json::json!({ "operations": ops }))?;
             sender.ready().await?;
             let resp = sender
-                .send_request(self.endpoint.request(
-                    hyper::Method::POST,
-                    "/v1/batch",
-                    Some(body.into()),
-                ))
+                .send_request(endpoint.request(hyper::Method::POST, "/v1/batch", Some(body.into())))
                 .await?;
             let status = resp.status();
             let bytes = resp.into_body().collect().await?.to_bytes();

@@ -101,7 +101,7 @@ pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioRe
     }
     let mut tasks = Vec::new();
     for (i, mut tick) in ticks.into_iter().enumerate() {
-        let target = server.endpoint.clone();
+        let target = server.endpoints[i % server.endpoints.len()].clone();
         let mut sender = target.connect().await?;
         let scenario = config.scenario;
         let accounts = config.accounts;
