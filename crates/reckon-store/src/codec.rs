@@ -234,6 +234,22 @@ pub fn decode_outcome(text: &str) -> Result<Outcome, StoreError> {
     })
 }
 
+/// The SQL condition for holds in `status` as seen at the instant bound to
+/// parameter `now` (`?2` in SQLite, `$2` in PostgreSQL): a 'held' row past
+/// its expiry counts as expired.
+pub fn hold_status_filter(status: Option<reckon_core::HoldStatus>, now: &str) -> String {
+    use reckon_core::HoldStatus;
+    match status {
+        None => "TRUE".to_owned(),
+        Some(HoldStatus::Held) => format!("status = 'held' AND expires_at > {now}"),
+        Some(HoldStatus::Expired) => {
+            format!("(status = 'expired' OR (status = 'held' AND expires_at <= {now}))")
+        }
+        Some(HoldStatus::Settled) => "status = 'settled'".to_owned(),
+        Some(HoldStatus::Released) => "status = 'released'".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,13 @@ use std::pin::Pin;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The answer to `n` requests when the executor is gone.
+fn unavailable(n: usize) -> Vec<Result<Executed, ExecError>> {
+    (0..n)
+        .map(|_| Err(ExecError::Store(StoreError::Unavailable)))
+        .collect()
+}
+
 /// Largest page any listing returns.
 pub const PAGE_SIZE_MAX: usize = 500;
 
@@ -42,7 +49,12 @@ pub const PAGE_SIZE_MAX: usize = 500;
 /// (`tests/contract.rs`).
 pub trait Store: Send + Sync + 'static {
     /// Executes one request; answers only after it is durable.
-    fn submit(&self, request: Request) -> BoxFuture<'_, Result<Executed, ExecError>>;
+    fn submit(&self, request: Request) -> BoxFuture<'_, Result<Executed, ExecError>> {
+        Box::pin(async move {
+            let mut results = self.submit_many(vec![request]).await;
+            results.pop().expect("one request, one result")
+        })
+    }
 
     /// Executes requests in order, committed together; one answer each.
     fn submit_many(

@@ -364,29 +364,17 @@ async fn lock_account(
 }
 
 impl Store for PostgresStore {
-    fn submit(&self, request: Request) -> BoxFuture<'_, Result<Executed, ExecError>> {
-        Box::pin(async move {
-            let mut results = self.submit_many(vec![request]).await;
-            results.pop().expect("one request, one result")
-        })
-    }
-
     fn submit_many(
         &self,
         requests: Vec<Request>,
     ) -> BoxFuture<'_, Vec<Result<Executed, ExecError>>> {
         Box::pin(async move {
             let n = requests.len();
-            let unavailable = || {
-                (0..n)
-                    .map(|_| Err(ExecError::Store(StoreError::Unavailable)))
-                    .collect()
-            };
             let (tx, rx) = oneshot::channel();
             if self.inner.jobs.send((requests, tx)).await.is_err() {
-                return unavailable();
+                return crate::unavailable(n);
             }
-            rx.await.unwrap_or_else(|_| unavailable())
+            rx.await.unwrap_or_else(|_| crate::unavailable(n))
         })
     }
 

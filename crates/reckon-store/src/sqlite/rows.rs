@@ -181,16 +181,7 @@ pub fn load_holds(
     now: Timestamp,
     limit: usize,
 ) -> Result<Vec<Hold>, StoreError> {
-    // Filter on the status as of `now`: a 'held' row past its expiry is expired.
-    let filter = match status {
-        None => "1",
-        Some(HoldStatus::Held) => "status = 'held' AND expires_at > ?2",
-        Some(HoldStatus::Expired) => {
-            "(status = 'expired' OR (status = 'held' AND expires_at <= ?2))"
-        }
-        Some(HoldStatus::Settled) => "status = 'settled'",
-        Some(HoldStatus::Released) => "status = 'released'",
-    };
+    let filter = crate::codec::hold_status_filter(status, "?2");
     let sql = format!(
         // `?2 = ?2` keeps the parameter bound when the filter does not use it.
         "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND {filter} AND ?2 = ?2 ORDER BY created_at DESC, id LIMIT ?3"
