@@ -18,6 +18,7 @@ pub mod codec;
 pub mod credential;
 pub mod error;
 pub mod executor;
+pub mod owners;
 pub mod postgres;
 pub mod request;
 pub mod sqlite;

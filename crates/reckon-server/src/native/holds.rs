@@ -111,12 +111,9 @@ pub async fn hold_account(state: &AppState, hold_id: &str) -> ApiResult<AccountI
     if hold_id.is_empty() || hold_id.len() > reckon_core::account::ID_BYTES_MAX {
         return Err(Rejection::HoldNotFound.into());
     }
-    let hold = state
-        .store
-        .hold(hold_id)
-        .await?
-        .ok_or(Rejection::HoldNotFound)?;
-    Ok(hold.account_id)
+    // Usually answered from memory (see reckon_store::owners).
+    let mut owners = state.store.hold_accounts(vec![hold_id.to_owned()]).await?;
+    Ok(owners.remove(hold_id).ok_or(Rejection::HoldNotFound)?)
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -29,6 +29,7 @@ use crate::clock::Clock;
 use crate::credential::{Credential, CredentialKey, CredentialRefusal};
 use crate::error::{ExecError, StoreError};
 use crate::executor::{apply_batch, plan, EventWrite, Prefetched, BATCH_REQUESTS_MAX};
+use crate::owners::HoldOwners;
 use crate::request::{Executed, Request, StoredEvent};
 use crate::{BoxFuture, Store, PAGE_SIZE_MAX};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -68,6 +69,7 @@ pub struct PostgresStore {
 struct Inner {
     pool: Pool,
     jobs: mpsc::Sender<Job>,
+    owners: Arc<HoldOwners>,
 }
 
 /// Whether `url` is a PostgreSQL URL this backend can use (without connecting).
@@ -125,11 +127,21 @@ impl PostgresStore {
         schema::migrate(&mut *connection(&pool).await?).await?;
         let (tx, rx) = mpsc::channel(QUEUE_REQUESTS_MAX);
         let rx = Arc::new(Mutex::new(rx));
+        let owners = Arc::new(HoldOwners::default());
         for _ in 0..WRITERS {
-            tokio::spawn(writer(pool.clone(), rx.clone(), clock.clone()));
+            tokio::spawn(writer(
+                pool.clone(),
+                rx.clone(),
+                clock.clone(),
+                owners.clone(),
+            ));
         }
         Ok(PostgresStore {
-            inner: Arc::new(Inner { pool, jobs: tx }),
+            inner: Arc::new(Inner {
+                pool,
+                jobs: tx,
+                owners,
+            }),
         })
     }
 
@@ -148,7 +160,12 @@ impl PostgresStore {
 /// One of a node's writers: takes whatever is queued (up to the batch
 /// limit), runs it as one transaction, answers. Stops when every store
 /// handle is gone.
-async fn writer(pool: Pool, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, clock: Arc<dyn Clock>) {
+async fn writer(
+    pool: Pool,
+    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    clock: Arc<dyn Clock>,
+    owners: Arc<HoldOwners>,
+) {
     let mut last_now = Timestamp::EPOCH;
     loop {
         let (requests, replies) = {
@@ -170,7 +187,7 @@ async fn writer(pool: Pool, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, clock: Arc<dy
             (all, replies)
         };
         last_now = last_now.max(clock.now());
-        let results = match run_with_retries(&pool, &requests, last_now, None).await {
+        let results = match run_with_retries(&pool, &requests, last_now, None, &owners).await {
             Ok(results) => results,
             Err(e) => {
                 tracing::error!(error = %e, requests = requests.len(), "batch failed to commit; nothing in it was applied");
@@ -228,12 +245,13 @@ async fn run_with_retries(
     requests: &[Request],
     now: Timestamp,
     sweep: Option<usize>,
+    owners: &HoldOwners,
 ) -> Result<Vec<Result<Executed, ExecError>>, StoreError> {
     let client = connection(pool).await?;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match run_batch(&client, requests, now, sweep).await {
+        match run_batch(&client, requests, now, sweep, owners).await {
             Ok(results) => return Ok(results),
             Err(Attempt::Raced(why)) if attempt < BATCH_ATTEMPTS_MAX => {
                 tracing::debug!(attempt, why, "batch raced another node; running it again");
@@ -264,8 +282,9 @@ async fn run_batch(
     requests: &[Request],
     now: Timestamp,
     sweep: Option<usize>,
+    owners: &HoldOwners,
 ) -> Result<Vec<Result<Executed, ExecError>>, Attempt> {
-    let result = run_batch_open(client, requests, now, sweep).await;
+    let result = run_batch_open(client, requests, now, sweep, owners).await;
     if result.is_err() {
         // Harmless when nothing is open; if even this fails the connection
         // is broken and the pool drops it.
@@ -279,6 +298,7 @@ async fn run_batch_open(
     requests: &[Request],
     now: Timestamp,
     sweep: Option<usize>,
+    owners: &HoldOwners,
 ) -> Result<Vec<Result<Executed, ExecError>>, Attempt> {
     let claimed;
     let (requests, begun) = match sweep {
@@ -326,6 +346,7 @@ async fn run_batch_open(
         client.batch_execute("ROLLBACK").await?;
     } else {
         rows::write_and_commit(client, &out.writes).await?;
+        owners.learn(&out.writes);
     }
     Ok(out.results)
 }
@@ -380,7 +401,9 @@ impl Store for PostgresStore {
 
     fn sweep_due(&self, now: Timestamp, limit: usize) -> BoxFuture<'_, Result<usize, StoreError>> {
         Box::pin(async move {
-            let results = run_with_retries(&self.inner.pool, &[], now, Some(limit)).await?;
+            let results =
+                run_with_retries(&self.inner.pool, &[], now, Some(limit), &self.inner.owners)
+                    .await?;
             for r in &results {
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "sweep of an account failed; the next pass retries");
@@ -427,7 +450,13 @@ impl Store for PostgresStore {
         &self,
         hold_ids: Vec<String>,
     ) -> BoxFuture<'_, Result<HashMap<String, AccountId>, StoreError>> {
-        Box::pin(async move { rows::hold_accounts(&self.conn().await?, &hold_ids).await })
+        Box::pin(async move {
+            let (mut known, missing) = self.inner.owners.lookup(hold_ids);
+            if !missing.is_empty() {
+                known.extend(rows::hold_accounts(&self.conn().await?, &missing).await?);
+            }
+            Ok(known)
+        })
     }
 
     fn hold(&self, hold_id: &str) -> BoxFuture<'_, Result<Option<Hold>, StoreError>> {

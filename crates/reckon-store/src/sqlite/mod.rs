@@ -21,6 +21,7 @@ use crate::clock::Clock;
 use crate::credential::{Credential, CredentialKey, CredentialRefusal};
 use crate::error::{ExecError, StoreError};
 use crate::executor::{apply_batch, plan, BATCH_REQUESTS_MAX};
+use crate::owners::HoldOwners;
 use crate::request::{Executed, Request, StoredEvent};
 use crate::{BoxFuture, Store, PAGE_SIZE_MAX};
 use reckon_core::{AccountId, AccountState, Hold, HoldStatus, Timestamp};
@@ -72,6 +73,7 @@ pub struct SqliteStore {
 
 struct Inner {
     jobs: mpsc::Sender<Job>,
+    owners: Arc<HoldOwners>,
     /// Always holds a connection for each available permit of `read_permits`.
     readers: Mutex<Vec<Connection>>,
     read_permits: tokio::sync::Semaphore,
@@ -143,12 +145,17 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let (tx, rx) = mpsc::channel(QUEUE_REQUESTS_MAX);
+        let owners = Arc::new(HoldOwners::default());
         let writer = std::thread::Builder::new()
             .name("reckon-writer".into())
-            .spawn(move || writer_loop(writer, rx, clock, wal_too_big))?;
+            .spawn({
+                let owners = owners.clone();
+                move || writer_loop(writer, rx, clock, wal_too_big, owners)
+            })?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 jobs: tx,
+                owners,
                 readers: Mutex::new(readers),
                 read_permits: tokio::sync::Semaphore::new(READ_CONNECTIONS),
                 path,
@@ -223,6 +230,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<Job>,
     clock: Arc<dyn Clock>,
     wal_too_big: Arc<AtomicBool>,
+    owners: Arc<HoldOwners>,
 ) {
     let mut last_now = Timestamp::EPOCH;
     let mut cache = cache::Cache::default();
@@ -263,7 +271,7 @@ fn writer_loop(
         };
         // Time never runs backwards inside the ledger, even if the wall clock does.
         last_now = last_now.max(clock.now());
-        let mut results = match run_batch(&mut conn, &mut cache, &requests, last_now) {
+        let mut results = match run_batch(&mut conn, &mut cache, &owners, &requests, last_now) {
             Ok(results) => results,
             Err(e) => {
                 cache.clear();
@@ -285,6 +293,7 @@ fn writer_loop(
 fn run_batch(
     conn: &mut Connection,
     cache: &mut cache::Cache,
+    owners: &HoldOwners,
     requests: &[Request],
     now: Timestamp,
 ) -> Result<Vec<Result<Executed, ExecError>>, StoreError> {
@@ -309,6 +318,7 @@ fn run_batch(
         }
         tx.commit()?;
     }
+    owners.learn(&out.writes);
     // Committed (or unchanged): the cache may keep it.
     for state in out.unchanged.into_values() {
         cache.put(state);
@@ -411,7 +421,13 @@ impl Store for SqliteStore {
         &self,
         hold_ids: Vec<String>,
     ) -> BoxFuture<'_, Result<std::collections::HashMap<String, AccountId>, StoreError>> {
-        Box::pin(self.read(move |c| rows::hold_accounts(c, &hold_ids)))
+        Box::pin(async move {
+            let (mut known, missing) = self.inner.owners.lookup(hold_ids);
+            if !missing.is_empty() {
+                known.extend(self.read(move |c| rows::hold_accounts(c, &missing)).await?);
+            }
+            Ok(known)
+        })
     }
 
     fn hold(&self, hold_id: &str) -> BoxFuture<'_, Result<Option<Hold>, StoreError>> {
