@@ -103,6 +103,16 @@ impl From<StoreError> for ApiError {
                 "unavailable",
                 "the ledger is shutting down",
             ),
+            // Clients (and the metering middleware's fail-open mode) treat
+            // 503 as "try again": the right answer when the database is away.
+            e if e.is_transient() => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable; retry, with the same idempotency key for writes",
+                )
+            }
             other => ApiError::internal(other),
         }
     }

@@ -38,6 +38,37 @@ pub enum ExecError {
     Store(#[from] StoreError),
 }
 
+impl StoreError {
+    /// The database could not be reached or the write could not be made
+    /// now, but may succeed if retried (with the same idempotency key: a
+    /// write whose commit was cut off may have applied). Bugs and corrupt
+    /// rows are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unavailable | StoreError::Connect(_) | StoreError::BatchFailed(_) => true,
+            StoreError::Io(_) => true,
+            // SQLITE_BUSY, SQLITE_FULL and friends: another writer, a full disk.
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::SystemIoFailure
+            ),
+            StoreError::Sqlite(_) | StoreError::Corrupt(_) => false,
+            StoreError::Postgres(e) => match e.as_db_error() {
+                // No server error: the connection failed or was cut.
+                None => true,
+                // Connection exceptions, shutdowns, too many connections.
+                Some(db) => {
+                    let class = &db.code().code()[..2];
+                    matches!(class, "08" | "53" | "57" | "40")
+                }
+            },
+        }
+    }
+}
+
 /// tokio-postgres prints a server error as just "db error"; say what it was.
 fn postgres_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
