@@ -1,7 +1,7 @@
 //! The store contract: behaviour every backend must show. Each check is an
 //! async function over a fresh [`Harness`]; the `contract!` macro at the
-//! bottom instantiates the whole list per backend, so both backends run the
-//! same code. PostgreSQL checks each get a fresh schema; without a server
+//! bottom lists the checks once and instantiates them for each backend, so
+//! both backends run the same code. PostgreSQL checks each get a fresh schema; without a server
 //! they print why they were skipped (and fail under `CI=true`).
 
 use reckon_core::*;
@@ -719,7 +719,15 @@ async fn concurrent_sweeps_expire_once(h: Harness) {
     assert!(h.store.due_accounts(now, 100).await.unwrap().is_empty());
 }
 
+/// The whole list of checks, once, for every backend.
 macro_rules! contract {
+    ($($check:ident),* $(,)?) => {
+        contract_for!(sqlite: $($check),*);
+        contract_for!(postgres: $($check),*);
+    };
+}
+
+macro_rules! contract_for {
     ($backend:ident: $($check:ident),* $(,)?) => {
         mod $backend {
             $(
@@ -735,27 +743,7 @@ macro_rules! contract {
     };
 }
 
-contract!(sqlite:
-    accounts_grants_and_usage,
-    idempotent_replay_applies_once,
-    duplicates_in_one_batch_apply_once,
-    batch_applies_in_order,
-    grants_expire_lazily_and_by_sweep,
-    holds_resolve_once,
-    concurrent_usage_never_overspends,
-    acknowledged_writes_survive_restart,
-    purge_forgets_old_keys,
-    settings_round_trip,
-    accounts_page_by_id,
-    random_retries_apply_once,
-    credentials_name_accounts,
-    open_holds_across_accounts,
-    writes_of_another_handle_are_seen,
-    two_handles_race_on_the_same_accounts,
-    concurrent_sweeps_expire_once,
-);
-
-contract!(postgres:
+contract!(
     accounts_grants_and_usage,
     idempotent_replay_applies_once,
     duplicates_in_one_batch_apply_once,
