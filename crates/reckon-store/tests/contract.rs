@@ -719,6 +719,81 @@ async fn concurrent_sweeps_expire_once(h: Harness) {
     assert!(h.store.due_accounts(now, 100).await.unwrap().is_empty());
 }
 
+/// An account's history, paged by the cursor a page hands out, holds every
+/// event of the account once, newest first, whichever path wrote it: one
+/// batch interleaving accounts, a credential change (written beside the
+/// ledger batches), and another handle on the same database. A cursor that
+/// is not one of the account's own events still pages correctly.
+async fn event_history_pages_through_every_write_path(h: Harness) {
+    ok(&h, create("a")).await;
+    ok(&h, create("b")).await;
+    let mut batch = vec![
+        grant("a", 100, GrantExpiry::Never),
+        grant("b", 100, GrantExpiry::Never),
+    ];
+    for _ in 0..5 {
+        batch.push(usage("a", 1));
+        batch.push(usage("b", 1));
+    }
+    for r in h.store.submit_many(batch).await {
+        r.unwrap();
+    }
+    let key = CredentialKey::parse("sk_test_history_0123456789", false).unwrap();
+    h.store
+        .add_credential(&id("a"), key, h.clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    ok(&h, usage("a", 1)).await;
+    let other = (h.reopen)();
+    other.submit(usage("a", 1)).await.unwrap();
+    other.submit(usage("b", 1)).await.unwrap();
+    ok(&h, usage("a", 1)).await;
+    // created, granted, 5 used, credential added, 3 used
+    let all = h.store.events(&id("a"), None, PAGE_SIZE_MAX).await.unwrap();
+    assert_eq!(all.len(), 11, "{all:?}");
+    assert!(all.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+    assert!(all.iter().all(|e| e.account_id == id("a")));
+    assert_eq!(all[3].event.kind, EventKind::CredentialAdded);
+    assert_eq!(all[10].event.kind, EventKind::AccountCreated);
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = h.store.events(&id("a"), before, 3).await.unwrap();
+        before = page.last().map(|e| e.seq);
+        let last = page.len() < 3;
+        paged.extend(page);
+        if last {
+            break;
+        }
+    }
+    let seqs = |v: &[StoredEvent]| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(&paged),
+        seqs(&all),
+        "pages join up without gaps or repeats"
+    );
+    let b = h.store.events(&id("b"), None, PAGE_SIZE_MAX).await.unwrap();
+    assert_eq!(b.len(), 8);
+    let foreign = b[4].seq; // one of b's events, in the middle of a's history
+    let below = h
+        .store
+        .events(&id("a"), Some(foreign), PAGE_SIZE_MAX)
+        .await
+        .unwrap();
+    let expected: Vec<i64> = seqs(&all).into_iter().filter(|s| *s < foreign).collect();
+    assert!(!expected.is_empty() && expected.len() < all.len());
+    assert_eq!(seqs(&below), expected);
+    assert!(h
+        .store
+        .events(&id("nobody"), None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+// ---- the backends ------------------------------------------------------------
+
 /// The whole list of checks, once, for every backend.
 macro_rules! contract {
     ($($check:ident),* $(,)?) => {
@@ -761,4 +836,5 @@ contract!(
     writes_of_another_handle_are_seen,
     two_handles_race_on_the_same_accounts,
     concurrent_sweeps_expire_once,
+    event_history_pages_through_every_write_path,
 );

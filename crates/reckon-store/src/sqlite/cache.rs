@@ -13,6 +13,11 @@
 //! The cache is bounded ([`CACHE_ACCOUNTS_MAX`]); when full it evicts
 //! arbitrary entries (cheap, and fair for any access pattern that does not
 //! fit anyway). A miss costs three indexed reads.
+//!
+//! Each entry also keeps the account's newest event `seq` (the head of its
+//! event chain, see `rows::append_event`), which the next batch's first
+//! event points back to. Writes on the writer's connection that bypass the
+//! cache (credential changes append events) must [`Cache::clear`] it.
 
 use reckon_core::{AccountId, AccountState, HoldStatus};
 use std::collections::HashMap;
@@ -21,9 +26,15 @@ use std::collections::HashMap;
 /// cache stays well under 100 MB however many accounts the file holds.
 pub const CACHE_ACCOUNTS_MAX: usize = 100_000;
 
+/// A committed account state and the `seq` of its newest event, if any.
+pub struct Cached {
+    pub state: AccountState,
+    pub last_event_seq: Option<i64>,
+}
+
 #[derive(Default)]
 pub struct Cache {
-    accounts: HashMap<AccountId, AccountState>,
+    accounts: HashMap<AccountId, Cached>,
     data_version: Option<i64>,
 }
 
@@ -46,13 +57,13 @@ impl Cache {
     }
 
     /// Takes an account out for the batch; [`Cache::put`] returns it.
-    pub fn take(&mut self, id: &AccountId) -> Option<AccountState> {
+    pub fn take(&mut self, id: &AccountId) -> Option<Cached> {
         self.accounts.remove(id)
     }
 
     /// Keeps committed state. Resolved holds are dropped: the state only
     /// needs open ones, and a command that targets a resolved hold loads it.
-    pub fn put(&mut self, mut state: AccountState) {
+    pub fn put(&mut self, mut state: AccountState, last_event_seq: Option<i64>) {
         state.holds.retain(|h| h.status == HoldStatus::Held);
         if self.accounts.len() >= CACHE_ACCOUNTS_MAX {
             let keep = CACHE_ACCOUNTS_MAX * 3 / 4;
@@ -62,6 +73,12 @@ impl Cache {
                 n <= keep
             });
         }
-        self.accounts.insert(state.account.id.clone(), state);
+        self.accounts.insert(
+            state.account.id.clone(),
+            Cached {
+                state,
+                last_event_seq,
+            },
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! SQL for credentials. Writes run on the writer's connection (see
 //! `SqliteStore::maintain`), each in its own transaction with its event.
 
-use super::rows::{load_account, write_event};
+use super::rows::{append_event_and_link, load_account};
 use crate::codec::account_id;
 use crate::credential::{Credential, CredentialKey, CredentialRefusal};
 use crate::error::StoreError;
@@ -99,7 +99,7 @@ pub fn add(
     )?;
     let mut e = event(&tx, account, EventKind::CredentialAdded, now)?;
     e.attributes = Some(serde_json::json!({"credential_id": id, "public": key.public}).to_string());
-    write_event(&tx, &e)?;
+    append_event_and_link(&tx, &e)?;
     let created = find(&tx, key)?
         .ok_or_else(|| StoreError::Corrupt("credential vanished after insert".into()))?;
     tx.commit()?;
@@ -137,7 +137,7 @@ pub fn set_active(
     };
     let mut e = event(&tx, account, kind, now)?;
     e.attributes = Some(serde_json::json!({"credential_id": credential_id}).to_string());
-    write_event(&tx, &e)?;
+    append_event_and_link(&tx, &e)?;
     tx.commit()?;
     Ok(Some(Credential {
         active,

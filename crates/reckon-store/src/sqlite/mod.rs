@@ -246,6 +246,9 @@ fn writer_loop(
         let (requests, replies) = match first {
             Job::Maintain(f) => {
                 f(&mut conn);
+                // It may have appended events (credential changes), which
+                // moves chain heads the cache holds.
+                cache.clear();
                 continue;
             }
             Job::Execute(requests, reply) => {
@@ -300,18 +303,22 @@ fn run_batch(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Inside the write lock: has another process committed since our last batch?
     cache.validate(tx.query_row("PRAGMA data_version", [], |r| r.get(0))?);
-    let prefetched = rows::prefetch(&tx, &plan(requests), cache)?;
+    let (prefetched, mut heads) = rows::prefetch(&tx, &plan(requests), cache)?;
     let out = apply_batch(prefetched, requests, now);
     let writes = &out.writes;
     if writes.is_empty() {
         // Only reads, rejections and replays: nothing to make durable.
         tx.rollback()?;
     } else {
-        for w in &writes.accounts {
-            rows::write_account(&tx, w)?;
-        }
+        // Events first: each links to its account's previous one, and the
+        // account rows then record the new heads.
         for w in &writes.events {
-            rows::write_event(&tx, w)?;
+            let head = heads.entry(w.account_id.clone()).or_default();
+            *head = Some(rows::append_event(&tx, w, *head)?);
+        }
+        for w in &writes.accounts {
+            let head = heads.get(&w.after.account.id).copied().flatten();
+            rows::write_account(&tx, w, head)?;
         }
         for w in &writes.idempotency {
             rows::write_idempotency(&tx, w)?;
@@ -320,11 +327,14 @@ fn run_batch(
     }
     owners.learn(&out.writes);
     // Committed (or unchanged): the cache may keep it.
+    let head = |id: &AccountId| heads.get(id).copied().flatten();
     for state in out.unchanged.into_values() {
-        cache.put(state);
+        let h = head(&state.account.id);
+        cache.put(state, h);
     }
     for w in out.writes.accounts {
-        cache.put(w.after);
+        let h = head(&w.after.account.id);
+        cache.put(w.after, h);
     }
     Ok(out.results)
 }

@@ -1,7 +1,7 @@
 //! Reading and writing core values as SQLite rows. Every SQL statement of the
 //! backend lives here or in `schema.rs`.
 
-use super::cache::Cache;
+use super::cache::{Cache, Cached};
 use crate::codec::{
     account_id, amount, decode_allocations, decode_grants, encode_allocations, encode_grants,
 };
@@ -15,7 +15,7 @@ use reckon_core::{
     OveragePolicy, Timestamp, Totals, Unit,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp::from_millis)
@@ -26,9 +26,11 @@ fn bad(what: &str, value: &str) -> StoreError {
 }
 
 const ACCOUNT_COLUMNS: &str =
-    "id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants";
+    "id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq";
 
-type AccountRow = (Account, Totals, u64, Vec<Grant>);
+/// An account row: the account, totals, next grant seq, live grants and the
+/// seq of its newest event.
+type AccountRow = (Account, Totals, u64, Vec<Grant>, Option<i64>);
 
 fn account_row(r: &Row) -> Result<Result<AccountRow, StoreError>, rusqlite::Error> {
     let id: String = r.get(0)?;
@@ -37,6 +39,7 @@ fn account_row(r: &Row) -> Result<Result<AccountRow, StoreError>, rusqlite::Erro
     let overage: String = r.get(6)?;
     let (granted, used, expired): (i64, i64, i64) = (r.get(9)?, r.get(10)?, r.get(11)?);
     let grants: String = r.get(13)?;
+    let last_event_seq: Option<i64> = r.get(14)?;
     let build = || -> Result<AccountRow, StoreError> {
         let account = Account {
             id: account_id(&id)?,
@@ -56,7 +59,13 @@ fn account_row(r: &Row) -> Result<Result<AccountRow, StoreError>, rusqlite::Erro
         };
         let mut grants = decode_grants(&grants)?;
         grants.sort_by_key(|g| (g.expires_at.map_or(i64::MAX, Timestamp::millis), g.seq));
-        Ok((account, totals, r.get::<_, i64>(12)? as u64, grants))
+        Ok((
+            account,
+            totals,
+            r.get::<_, i64>(12)? as u64,
+            grants,
+            last_event_seq,
+        ))
     };
     Ok(build())
 }
@@ -115,13 +124,22 @@ pub fn load_account(
     id: &AccountId,
     targets: &BTreeSet<String>,
 ) -> Result<Option<AccountState>, StoreError> {
+    Ok(load_account_and_head(conn, id, targets)?.map(|(state, _)| state))
+}
+
+/// [`load_account`], plus the seq of the account's newest event.
+fn load_account_and_head(
+    conn: &Connection,
+    id: &AccountId,
+    targets: &BTreeSet<String>,
+) -> Result<Option<(AccountState, Option<i64>)>, StoreError> {
     let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1");
     let row = conn
         .prepare_cached(&sql)?
         .query_row([id.as_str()], account_row)
         .optional()?;
     let Some(row) = row else { return Ok(None) };
-    let (account, totals, next_grant_seq, grants) = row?;
+    let (account, totals, next_grant_seq, grants, last_event_seq) = row?;
     let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND status = 'held'");
     let mut holds = collect(
         conn.prepare_cached(&sql)?
@@ -137,13 +155,16 @@ pub fn load_account(
             }
         }
     }
-    Ok(Some(AccountState {
-        account,
-        totals,
-        grants,
-        holds,
-        next_grant_seq,
-    }))
+    Ok(Some((
+        AccountState {
+            account,
+            totals,
+            grants,
+            holds,
+            next_grant_seq,
+        },
+        last_event_seq,
+    )))
 }
 
 pub fn hold_accounts(
@@ -208,19 +229,27 @@ pub fn open_holds(
     )
 }
 
+/// The seq of each prefetched account's newest event: the head of its event
+/// chain, which the batch's first event for the account points back to.
+pub type Heads = HashMap<AccountId, Option<i64>>;
+
 /// Loads what `plan` names: accounts from the writer's cache when there,
 /// else from the database; holds the batch targets; idempotency records.
 pub fn prefetch(
     conn: &Connection,
     plan: &Plan,
     cache: &mut Cache,
-) -> Result<Prefetched, StoreError> {
+) -> Result<(Prefetched, Heads), StoreError> {
     let mut out = Prefetched::default();
+    let mut heads = Heads::new();
     let none = BTreeSet::new();
     for id in &plan.accounts {
         let targets = plan.target_holds.get(id).unwrap_or(&none);
-        let state = match cache.take(id) {
-            Some(mut state) => {
+        let loaded = match cache.take(id) {
+            Some(Cached {
+                mut state,
+                last_event_seq,
+            }) => {
                 for target in targets {
                     if !state.holds.iter().any(|h| &h.id == target) {
                         if let Some(h) = load_hold(conn, target)?.filter(|h| &h.account_id == id) {
@@ -228,12 +257,13 @@ pub fn prefetch(
                         }
                     }
                 }
-                Some(state)
+                Some((state, last_event_seq))
             }
-            None => load_account(conn, id, targets)?,
+            None => load_account_and_head(conn, id, targets)?,
         };
-        if let Some(state) = state {
+        if let Some((state, head)) = loaded {
             out.accounts.insert(id.clone(), state);
+            heads.insert(id.clone(), head);
         }
     }
     let mut stmt = conn.prepare_cached(
@@ -256,20 +286,27 @@ pub fn prefetch(
             );
         }
     }
-    Ok(out)
+    Ok((out, heads))
 }
 
-pub fn write_account(conn: &Connection, w: &AccountWrite) -> Result<(), StoreError> {
+/// Writes an account's new state; `last_event_seq` is the head of its event
+/// chain after this batch's events (see [`append_event`]).
+pub fn write_account(
+    conn: &Connection,
+    w: &AccountWrite,
+    last_event_seq: Option<i64>,
+) -> Result<(), StoreError> {
     let s = &w.after;
     let a = &s.account;
     conn.prepare_cached(
         "INSERT INTO accounts (id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at,
-                               granted, used, expired, next_grant_seq, next_due, grants)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                               granted, used, expired, next_grant_seq, next_due, grants, last_event_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, expires_at = excluded.expires_at,
              metadata = excluded.metadata, overage = excluded.overage, updated_at = excluded.updated_at,
              granted = excluded.granted, used = excluded.used, expired = excluded.expired,
-             next_grant_seq = excluded.next_grant_seq, next_due = excluded.next_due, grants = excluded.grants",
+             next_grant_seq = excluded.next_grant_seq, next_due = excluded.next_due, grants = excluded.grants,
+             last_event_seq = excluded.last_event_seq",
     )?
     .execute(params![
         a.id.as_str(),
@@ -287,6 +324,7 @@ pub fn write_account(conn: &Connection, w: &AccountWrite) -> Result<(), StoreErr
         s.next_grant_seq as i64,
         next_due(s).map(Timestamp::millis),
         encode_grants(&s.grants),
+        last_event_seq,
     ])?;
     let before_holds = w.before.as_ref().map_or(&[][..], |b| &b.holds[..]);
     for h in &s.holds {
@@ -308,17 +346,42 @@ pub fn write_account(conn: &Connection, w: &AccountWrite) -> Result<(), StoreErr
     Ok(())
 }
 
-pub fn write_event(conn: &Connection, w: &EventWrite) -> Result<(), StoreError> {
+/// Appends one event and returns its seq. Each event points back to the
+/// account's previous one (`prev_seq`, `None` for its first), so an
+/// account's history is a chain from `accounts.last_event_seq` and needs no
+/// index on (account, seq): such an index takes an insert on a random page
+/// per event, which was most of the writer's work (see ARCHITECTURE.md).
+/// The caller keeps `accounts.last_event_seq` at the newest seq.
+pub fn append_event(
+    conn: &Connection,
+    w: &EventWrite,
+    prev_seq: Option<i64>,
+) -> Result<i64, StoreError> {
     let e = &w.event;
     conn.prepare_cached(
-        "INSERT INTO events (account_id, kind, amount, available_after, at, grant_id, hold_id, idempotency_key, attributes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO events (account_id, kind, amount, available_after, at, grant_id, hold_id, idempotency_key, attributes, prev_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         w.account_id.as_str(), e.kind.as_str(), e.amount.micros(), e.available_after.micros(), e.at.millis(),
-        e.grant_id, e.hold_id, w.idempotency_key, w.attributes,
+        e.grant_id, e.hold_id, w.idempotency_key, w.attributes, prev_seq,
     ])?;
-    Ok(())
+    Ok(conn.last_insert_rowid())
+}
+
+/// Appends one event outside a ledger batch (credential changes) and moves
+/// the account's chain head to it. The writer's cache does not see this, so
+/// it is cleared after such a write.
+pub fn append_event_and_link(conn: &Connection, w: &EventWrite) -> Result<i64, StoreError> {
+    let prev: Option<i64> = conn
+        .prepare_cached("SELECT last_event_seq FROM accounts WHERE id = ?1")?
+        .query_row([w.account_id.as_str()], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let seq = append_event(conn, w, prev)?;
+    conn.prepare_cached("UPDATE accounts SET last_event_seq = ?1 WHERE id = ?2")?
+        .execute(params![seq, w.account_id.as_str()])?;
+    Ok(seq)
 }
 
 pub fn write_idempotency(conn: &Connection, w: &IdempotencyWrite) -> Result<(), StoreError> {
@@ -354,48 +417,92 @@ pub fn load_accounts(
     Ok(out)
 }
 
+/// An account's events with `seq < before`, newest first, by walking its
+/// chain from the newest event or, when `before` is the seq of one of the
+/// account's events (a previous page's `next_before` is), from that event's
+/// predecessor. Any other `before` still works but first walks past every
+/// newer event of the account.
 pub fn load_events(
     conn: &Connection,
     id: &AccountId,
     before: Option<i64>,
     limit: usize,
 ) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut next: Option<i64> = conn
+        .prepare_cached("SELECT last_event_seq FROM accounts WHERE id = ?1")?
+        .query_row([id.as_str()], |r| r.get(0))
+        .optional()?
+        .flatten();
+    if let Some(before) = before {
+        let cursor: Option<(String, Option<i64>)> = conn
+            .prepare_cached("SELECT account_id, prev_seq FROM events WHERE seq = ?1")?
+            .query_row([before], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((_, prev)) = cursor.filter(|(account, _)| account == id.as_str()) {
+            next = prev;
+        }
+    }
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, kind, amount, available_after, at, grant_id, hold_id, idempotency_key, attributes
-         FROM events WHERE account_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+        "SELECT account_id, prev_seq, kind, amount, available_after, at, grant_id, hold_id, idempotency_key, attributes
+         FROM events WHERE seq = ?1",
     )?;
-    let rows = stmt.query_map(
-        params![id.as_str(), before.unwrap_or(i64::MAX), limit as i64],
-        |r| {
-            let kind: String = r.get(1)?;
-            let (a, after): (i64, i64) = (r.get(2)?, r.get(3)?);
-            let (seq, at, grant_id, hold_id, key, attrs) = (
-                r.get(0)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-            );
-            Ok((|| {
-                Ok(StoredEvent {
-                    seq,
-                    account_id: id.clone(),
-                    event: Event {
-                        kind: EventKind::parse(&kind).ok_or_else(|| bad("event kind", &kind))?,
-                        amount: amount(a)?,
-                        available_after: amount(after)?,
-                        at: Timestamp::from_millis(at),
-                        grant_id,
-                        hold_id,
-                    },
-                    idempotency_key: key,
-                    attributes: attrs,
-                })
-            })())
-        },
-    )?;
-    collect(rows)
+    let mut out = Vec::with_capacity(limit.min(PAGE_SIZE_HINT));
+    while let Some(seq) = next.filter(|_| out.len() < limit) {
+        let (event, prev) = stmt
+            .query_row([seq], |r| chained_event(r, id, seq))
+            .optional()?
+            .ok_or_else(|| bad("event chain names a missing event", &seq.to_string()))??;
+        if prev.is_some_and(|p| p >= seq) {
+            return Err(bad("event chain does not descend at seq", &seq.to_string()));
+        }
+        if before.is_none_or(|b| seq < b) {
+            out.push(event);
+        }
+        next = prev;
+    }
+    Ok(out)
+}
+
+/// Capacity reserved for a page of events before the walk knows its length.
+const PAGE_SIZE_HINT: usize = 64;
+
+/// One link of an account's event chain: the event and its predecessor.
+fn chained_event(
+    r: &Row,
+    id: &AccountId,
+    seq: i64,
+) -> Result<Result<(StoredEvent, Option<i64>), StoreError>, rusqlite::Error> {
+    let account: String = r.get(0)?;
+    let prev: Option<i64> = r.get(1)?;
+    let kind: String = r.get(2)?;
+    let (a, after, at): (i64, i64, i64) = (r.get(3)?, r.get(4)?, r.get(5)?);
+    let (grant_id, hold_id, key, attrs) = (r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?);
+    Ok((|| {
+        if account != id.as_str() {
+            return Err(bad(
+                "event chain leaves its account at seq",
+                &seq.to_string(),
+            ));
+        }
+        let event = Event {
+            kind: EventKind::parse(&kind).ok_or_else(|| bad("event kind", &kind))?,
+            amount: amount(a)?,
+            available_after: amount(after)?,
+            at: Timestamp::from_millis(at),
+            grant_id,
+            hold_id,
+        };
+        Ok((
+            StoredEvent {
+                seq,
+                account_id: id.clone(),
+                event,
+                idempotency_key: key,
+                attributes: attrs,
+            },
+            prev,
+        ))
+    })())
 }
 
 pub fn due_accounts(
