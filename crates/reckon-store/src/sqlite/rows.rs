@@ -290,7 +290,9 @@ pub fn prefetch(
 }
 
 /// Writes an account's new state; `last_event_seq` is the head of its event
-/// chain after this batch's events (see [`append_event`]).
+/// chain after this batch's events (see [`append_event`]). An existing
+/// account is a plain `UPDATE` of the columns that can change (cheaper than
+/// an upsert, which tries the insert first).
 pub fn write_account(
     conn: &Connection,
     w: &AccountWrite,
@@ -298,25 +300,12 @@ pub fn write_account(
 ) -> Result<(), StoreError> {
     let s = &w.after;
     let a = &s.account;
-    conn.prepare_cached(
-        "INSERT INTO accounts (id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at,
-                               granted, used, expired, next_grant_seq, next_due, grants, last_event_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, expires_at = excluded.expires_at,
-             metadata = excluded.metadata, overage = excluded.overage, updated_at = excluded.updated_at,
-             granted = excluded.granted, used = excluded.used, expired = excluded.expired,
-             next_grant_seq = excluded.next_grant_seq, next_due = excluded.next_due, grants = excluded.grants,
-             last_event_seq = excluded.last_event_seq",
-    )?
-    .execute(params![
+    let changing = params![
         a.id.as_str(),
-        a.unit.as_str(),
         a.status.as_str(),
         a.expires_at.map(Timestamp::millis),
-        a.timezone,
         a.metadata,
         a.overage.as_str(),
-        a.created_at.millis(),
         a.updated_at.millis(),
         s.totals.granted.micros(),
         s.totals.used.micros(),
@@ -325,7 +314,36 @@ pub fn write_account(
         next_due(s).map(Timestamp::millis),
         encode_grants(&s.grants),
         last_event_seq,
-    ])?;
+    ];
+    if w.before.is_some() {
+        let updated = conn
+            .prepare_cached(
+                "UPDATE accounts SET status = ?2, expires_at = ?3, metadata = ?4, overage = ?5, updated_at = ?6,
+                     granted = ?7, used = ?8, expired = ?9, next_grant_seq = ?10, next_due = ?11, grants = ?12,
+                     last_event_seq = ?13
+                 WHERE id = ?1",
+            )?
+            .execute(changing)?;
+        if updated != 1 {
+            return Err(StoreError::Corrupt(format!(
+                "account {} vanished during a batch",
+                a.id.as_str()
+            )));
+        }
+    } else {
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO accounts (id, status, expires_at, metadata, overage, updated_at, granted, used, expired,
+                                   next_grant_seq, next_due, grants, last_event_seq, unit, timezone, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?;
+        for (i, value) in changing.iter().enumerate() {
+            insert.raw_bind_parameter(i + 1, value)?;
+        }
+        insert.raw_bind_parameter(14, a.unit.as_str())?;
+        insert.raw_bind_parameter(15, &a.timezone)?;
+        insert.raw_bind_parameter(16, a.created_at.millis())?;
+        insert.raw_execute()?;
+    }
     let before_holds = w.before.as_ref().map_or(&[][..], |b| &b.holds[..]);
     for h in &s.holds {
         if before_holds.iter().any(|old| old == h) {

@@ -1,0 +1,103 @@
+//! The durability thread: answers callers only once their commit is on disk.
+//!
+//! The writer commits with `synchronous = NORMAL`, which writes the WAL but
+//! does not fsync it, and hands each batch's answers here in commit order.
+//! This thread takes every answer queued, fsyncs the WAL file once, and then
+//! sends them. An fsync flushes everything written to the file before it, so
+//! an answer is sent only after its own batch and every batch before it are
+//! on disk: what `synchronous = FULL` guarantees, without the writer waiting
+//! for the disk. After a power cut, SQLite's WAL recovery keeps exactly the
+//! batches whose commit frames reached the disk, a superset of those
+//! answered.
+//!
+//! The WAL file is the same inode for as long as any connection has the
+//! database open (SQLite truncates and rewrites it, never replaces it, and
+//! our connections stay open), but this opens it again if its inode ever
+//! changes, so it can never fsync a stale file.
+//!
+//! A failed fsync aborts the process. After one, the kernel may have dropped
+//! the dirty pages and a retry can report success for data that never
+//! reached the disk; the only safe answer is to restart from what is on
+//! disk (PostgreSQL does the same).
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+/// Sends one batch's (or maintenance job's) answers.
+pub type Answer = Box<dyn FnOnce() + Send>;
+
+struct Pending {
+    answer: Answer,
+    /// The batch committed a write: its answer needs an fsync first.
+    committed: bool,
+}
+
+/// The writer's handle on the durability thread.
+pub struct Durability {
+    queue: Option<mpsc::Sender<Pending>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts the thread for the database at `path` (its WAL is `<path>-wal`).
+pub fn start(path: &Path) -> std::io::Result<Durability> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let (queue, pending) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("reckon-fsync".into())
+        .spawn(move || run(&wal, pending))?;
+    Ok(Durability {
+        queue: Some(queue),
+        thread: Some(thread),
+    })
+}
+
+impl Durability {
+    /// Queues `answer` behind everything committed before it.
+    pub fn answer_when_durable(&self, answer: Answer, committed: bool) {
+        if let Some(queue) = &self.queue {
+            // The thread only stops after `finish`, so this cannot fail.
+            let _ = queue.send(Pending { answer, committed });
+        }
+    }
+
+    /// Sends every queued answer (after its fsync) and stops the thread.
+    pub fn finish(mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(wal: &Path, pending: mpsc::Receiver<Pending>) {
+    let mut file: Option<(File, u64)> = None;
+    while let Ok(first) = pending.recv() {
+        let mut group = vec![first];
+        group.extend(pending.try_iter());
+        if group.iter().any(|p| p.committed) {
+            if let Err(e) = sync(wal, &mut file) {
+                tracing::error!(error = %e, wal = %wal.display(), "fsync of the WAL failed; stopping so nothing unsynced is acknowledged");
+                std::process::abort();
+            }
+        }
+        for p in group {
+            (p.answer)();
+        }
+    }
+}
+
+fn sync(wal: &Path, file: &mut Option<(File, u64)>) -> std::io::Result<()> {
+    let inode = std::fs::metadata(wal)?.ino();
+    let current = match file.take() {
+        Some((f, ino)) if ino == inode => f,
+        _ => File::open(wal)?,
+    };
+    // fdatasync also flushes the file size, which reading the data needs.
+    current.sync_data()?;
+    *file = Some((current, inode));
+    Ok(())
+}
