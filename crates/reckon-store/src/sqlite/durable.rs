@@ -48,7 +48,13 @@ pub fn start(path: &Path) -> std::io::Result<Durability> {
     let (queue, pending) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("reckon-fsync".into())
-        .spawn(move || run(&wal, pending))?;
+        .spawn(move || {
+            let mut file = None;
+            answer_after_sync(pending, || sync(&wal, &mut file)).unwrap_or_else(|e| {
+                tracing::error!(error = %e, wal = %wal.display(), "fsync of the WAL failed; stopping so nothing unsynced is acknowledged");
+                std::process::abort()
+            })
+        })?;
     Ok(Durability {
         queue: Some(queue),
         thread: Some(thread),
@@ -73,21 +79,24 @@ impl Durability {
     }
 }
 
-fn run(wal: &Path, pending: mpsc::Receiver<Pending>) {
-    let mut file: Option<(File, u64)> = None;
+/// Until the writer hangs up: takes every queued answer, fsyncs once if any
+/// of them committed, then sends them in order. Returns only on a failed
+/// fsync, with nothing of that group answered.
+fn answer_after_sync(
+    pending: mpsc::Receiver<Pending>,
+    mut sync: impl FnMut() -> std::io::Result<()>,
+) -> std::io::Result<()> {
     while let Ok(first) = pending.recv() {
         let mut group = vec![first];
         group.extend(pending.try_iter());
         if group.iter().any(|p| p.committed) {
-            if let Err(e) = sync(wal, &mut file) {
-                tracing::error!(error = %e, wal = %wal.display(), "fsync of the WAL failed; stopping so nothing unsynced is acknowledged");
-                std::process::abort();
-            }
+            sync()?;
         }
         for p in group {
             (p.answer)();
         }
     }
+    Ok(())
 }
 
 fn sync(wal: &Path, file: &mut Option<(File, u64)>) -> std::io::Result<()> {
@@ -100,4 +109,68 @@ fn sync(wal: &Path, file: &mut Option<(File, u64)>) -> std::io::Result<()> {
     current.sync_data()?;
     *file = Some((current, inode));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    type Log = Arc<Mutex<Vec<&'static str>>>;
+
+    fn queue(log: &Log, items: &[(&'static str, bool)]) -> mpsc::Receiver<Pending> {
+        let (tx, rx) = mpsc::channel();
+        for &(name, committed) in items {
+            let log = log.clone();
+            let answer: Answer = Box::new(move || log.lock().unwrap().push(name));
+            tx.send(Pending { answer, committed }).unwrap();
+        }
+        rx
+    }
+
+    #[test]
+    fn committed_answers_wait_for_a_sync_and_keep_their_order() {
+        let log = Log::default();
+        let rx = queue(&log, &[("read", false), ("write", true), ("replay", false)]);
+        let l = log.clone();
+        answer_after_sync(rx, || {
+            l.lock().unwrap().push("fsync");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(*log.lock().unwrap(), ["fsync", "read", "write", "replay"]);
+    }
+
+    #[test]
+    fn answers_that_wrote_nothing_need_no_sync() {
+        let log = Log::default();
+        let rx = queue(&log, &[("read", false)]);
+        answer_after_sync(rx, || panic!("no fsync without a commit")).unwrap();
+        assert_eq!(*log.lock().unwrap(), ["read"]);
+    }
+
+    #[test]
+    fn a_failed_sync_answers_nobody() {
+        let log = Log::default();
+        let rx = queue(&log, &[("write", true)]);
+        let failed = answer_after_sync(rx, || Err(std::io::Error::other("disk gone")));
+        assert!(failed.is_err());
+        assert!(log.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn sync_follows_a_replaced_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("x.db-wal");
+        std::fs::write(&wal, b"one").unwrap();
+        let mut file = None;
+        sync(&wal, &mut file).unwrap();
+        let first = file.as_ref().unwrap().1;
+        let other = dir.path().join("new");
+        std::fs::write(&other, b"two").unwrap();
+        std::fs::rename(&other, &wal).unwrap();
+        sync(&wal, &mut file).unwrap();
+        assert_ne!(file.as_ref().unwrap().1, first, "reopened the new inode");
+        assert!(sync(&dir.path().join("missing"), &mut file).is_err());
+    }
 }
