@@ -346,20 +346,30 @@ pub fn write_account(
     }
     let before_holds = w.before.as_ref().map_or(&[][..], |b| &b.holds[..]);
     for h in &s.holds {
-        if before_holds.iter().any(|old| old == h) {
-            continue;
+        match before_holds.iter().find(|old| old.id == h.id) {
+            Some(old) if old == h => {}
+            // Resolved (or re-allocated) in this batch: only these change.
+            Some(_) => {
+                conn.prepare_cached(
+                    "UPDATE holds SET status = ?2, allocations = ?3, settled_amount = ?4, resolved_at = ?5 WHERE id = ?1",
+                )?
+                .execute(params![
+                    h.id, h.status.as_str(), encode_allocations(&h.allocations), h.settled_amount.micros(),
+                    h.resolved_at.map(Timestamp::millis),
+                ])?;
+            }
+            None => {
+                conn.prepare_cached(
+                    "INSERT INTO holds (id, account_id, amount, status, expires_at, allocations, settled_amount, created_at, resolved_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    h.id, a.id.as_str(), h.amount.micros(), h.status.as_str(), h.expires_at.millis(),
+                    encode_allocations(&h.allocations), h.settled_amount.micros(), h.created_at.millis(),
+                    h.resolved_at.map(Timestamp::millis),
+                ])?;
+            }
         }
-        conn.prepare_cached(
-            "INSERT INTO holds (id, account_id, amount, status, expires_at, allocations, settled_amount, created_at, resolved_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, allocations = excluded.allocations,
-                 settled_amount = excluded.settled_amount, resolved_at = excluded.resolved_at",
-        )?
-        .execute(params![
-            h.id, a.id.as_str(), h.amount.micros(), h.status.as_str(), h.expires_at.millis(),
-            encode_allocations(&h.allocations), h.settled_amount.micros(), h.created_at.millis(),
-            h.resolved_at.map(Timestamp::millis),
-        ])?;
     }
     Ok(())
 }
