@@ -38,7 +38,10 @@ pub fn plan(requests: &[Request]) -> Plan {
     let mut keys = BTreeSet::new();
     for r in requests {
         let id = r.account_id();
-        accounts.insert(id.clone());
+        // Most batches name few accounts many times: clone an id only once.
+        if !accounts.contains(id) {
+            accounts.insert(id.clone());
+        }
         if let Some(hold) = r.command.target_hold() {
             target_holds
                 .entry(id.clone())
@@ -159,7 +162,9 @@ pub fn apply_batch(
                 }));
             }
             Ok(applied) => {
-                before.entry(id.clone()).or_insert_with(|| state.cloned());
+                if !before.contains_key(id) {
+                    before.insert(id.clone(), state.cloned());
+                }
                 for event in applied.events {
                     writes.events.push(EventWrite {
                         account_id: id.clone(),
@@ -181,7 +186,12 @@ pub fn apply_batch(
                         created_at: now,
                     });
                 }
-                prefetched.accounts.insert(id.clone(), applied.state);
+                match prefetched.accounts.get_mut(id) {
+                    Some(state) => *state = applied.state,
+                    None => {
+                        prefetched.accounts.insert(id.clone(), applied.state);
+                    }
+                }
                 results.push(Ok(Executed {
                     outcome: applied.outcome,
                     replayed: false,
@@ -196,10 +206,19 @@ pub fn apply_batch(
             .expect("every changed account is in the prefetched map");
         writes.accounts.push(AccountWrite { before, after });
     }
-    // A stable write order keeps row locks on shared backends in one order too.
-    writes
-        .accounts
-        .sort_by(|a, b| a.after.account.id.cmp(&b.after.account.id));
+    // A stable write order keeps row locks on shared backends in one order
+    // too. Sorted by index, then moved once: an `AccountWrite` holds two
+    // account states, and a sort moving them around cost more than the sort.
+    let mut order: Vec<usize> = (0..writes.accounts.len()).collect();
+    order.sort_unstable_by(|&a, &b| {
+        let id = |i: usize| &writes.accounts[i].after.account.id;
+        id(a).cmp(id(b))
+    });
+    let mut slots: Vec<Option<AccountWrite>> = writes.accounts.drain(..).map(Some).collect();
+    writes.accounts = order
+        .into_iter()
+        .map(|i| slots[i].take().expect("each index once"))
+        .collect();
     BatchOutput {
         results,
         writes,

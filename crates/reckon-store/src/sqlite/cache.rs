@@ -15,7 +15,7 @@
 //! fit anyway). A miss costs three indexed reads.
 //!
 //! Each entry also keeps the account's newest event `seq` (the head of its
-//! event chain, see `rows::append_event`), which the next batch's first
+//! event chain, see `rows::append_events`), which the next batch's first
 //! event points back to. Writes on the writer's connection that bypass the
 //! cache (credential changes append events) must [`Cache::clear`] it.
 

@@ -383,19 +383,7 @@ fn run_batch(
         // (dropping the transaction rolls it back).
         drop(tx);
     } else {
-        // Events first: each links to its account's previous one, and the
-        // account rows then record the new heads.
-        for w in &writes.events {
-            let head = heads.entry(w.account_id.clone()).or_default();
-            *head = Some(rows::append_event(&tx, w, *head)?);
-        }
-        for w in &writes.accounts {
-            let head = heads.get(&w.after.account.id).copied().flatten();
-            rows::write_account(&tx, w, head)?;
-        }
-        for w in &writes.idempotency {
-            rows::write_idempotency(&tx, w)?;
-        }
+        rows::write_batch(&tx, writes, &mut heads)?;
         tx.commit()?;
     }
     owners.learn(&out.writes);
