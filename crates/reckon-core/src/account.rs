@@ -3,6 +3,7 @@
 use crate::amount::Amount;
 use crate::time::Timestamp;
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest account id, grant id or hold id, in bytes.
 pub const ID_BYTES_MAX: usize = 128;
@@ -44,13 +45,17 @@ impl std::error::Error for IdError {}
 ///
 /// The character set keeps ids safe in URL paths and logs while admitting
 /// what the seed systems use: numeric user ids, e-mail addresses, `user123`.
+///
+/// Shared, not owned: an id is cloned into every plan, event, answer and
+/// map entry a command touches, and with an `Arc` that is a count, not an
+/// allocation.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AccountId(String);
+pub struct AccountId(Arc<str>);
 
 impl AccountId {
     pub fn parse(text: &str) -> Result<AccountId, IdError> {
         validate_id(text)?;
-        Ok(AccountId(text.to_owned()))
+        Ok(AccountId(Arc::from(text)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -80,8 +85,9 @@ fn validate_id(text: &str) -> Result<(), IdError> {
 }
 
 /// A unit name: 1 to [`UNIT_BYTES_MAX`] bytes, same characters as ids.
+/// Shared for the same reason as [`AccountId`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unit(String);
+pub struct Unit(Arc<str>);
 
 impl Unit {
     pub fn parse(text: &str) -> Result<Unit, IdError> {
@@ -89,7 +95,7 @@ impl Unit {
             return Err(IdError::TooLong);
         }
         validate_id(text)?;
-        Ok(Unit(text.to_owned()))
+        Ok(Unit(Arc::from(text)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -99,7 +105,7 @@ impl Unit {
 
 impl Default for Unit {
     fn default() -> Unit {
-        Unit("credits".to_owned())
+        Unit(Arc::from("credits"))
     }
 }
 

@@ -7,7 +7,7 @@ use crate::codec::{
 };
 use crate::credential::{Credential, CredentialKey};
 use crate::error::StoreError;
-use crate::executor::{next_due, EventWrite, IdempotencyRecord, Writes};
+use crate::executor::{next_due, EventWrite, IdMap, IdempotencyRecord, Writes};
 use crate::request::StoredEvent;
 use deadpool_postgres::GenericClient;
 use futures_util::future::{try_join, try_join3, try_join4, try_join_all};
@@ -108,8 +108,8 @@ type Param<'a> = &'a (dyn ToSql + Sync);
 
 /// Everything a batch reads, under its locks.
 pub type Loaded = (
-    HashMap<AccountId, AccountState>,
-    HashMap<(AccountId, String), IdempotencyRecord>,
+    IdMap<AccountId, AccountState>,
+    IdMap<(AccountId, String), IdempotencyRecord>,
 );
 
 /// Starts the batch's transaction (when `begin`), locks the named accounts
@@ -167,7 +167,7 @@ pub async fn begin_lock_and_load(
         },
     )
     .await?;
-    let mut accounts = HashMap::with_capacity(rows.len());
+    let mut accounts = IdMap::with_capacity_and_hasher(rows.len(), Default::default());
     for r in &rows {
         let state = account(r)?;
         accounts.insert(state.account.id.clone(), state);
@@ -182,7 +182,7 @@ pub async fn begin_lock_and_load(
             }
         }
     }
-    let mut idempotency = HashMap::with_capacity(records.len());
+    let mut idempotency = IdMap::with_capacity_and_hasher(records.len(), Default::default());
     for r in &records {
         let id = account_id(r.try_get(0)?)?;
         if !accounts.contains_key(&id) {

@@ -19,8 +19,8 @@
 //! event points back to. Writes on the writer's connection that bypass the
 //! cache (credential changes append events) must [`Cache::clear`] it.
 
+use crate::executor::IdMap;
 use reckon_core::{AccountId, AccountState, HoldStatus};
-use std::collections::HashMap;
 
 /// Accounts kept in memory. About 0.5 KB each with a grant or two, so the
 /// cache stays well under 100 MB however many accounts the file holds.
@@ -34,7 +34,7 @@ pub struct Cached {
 
 #[derive(Default)]
 pub struct Cache {
-    accounts: HashMap<AccountId, Cached>,
+    accounts: IdMap<AccountId, Cached>,
     data_version: Option<i64>,
 }
 

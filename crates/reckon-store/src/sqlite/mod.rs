@@ -104,7 +104,10 @@ impl Drop for Inner {
 }
 
 fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(path, flags)?;
+    // NO_MUTEX: a `Connection` is used by one thread at a time (it is not
+    // `Sync`), so SQLite's per-call connection mutex only cost time: with
+    // it, locking was ~7 % of the writer's instructions.
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
     // Only takes effect on a new, empty database (before WAL mode and the
     // first table). Small pages: a commit writes every page it dirtied to the

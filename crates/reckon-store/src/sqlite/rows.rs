@@ -7,7 +7,7 @@ use crate::codec::{
 };
 use crate::error::StoreError;
 use crate::executor::{
-    next_due, AccountWrite, EventWrite, IdempotencyRecord, Plan, Prefetched, Writes,
+    next_due, AccountWrite, EventWrite, IdMap, IdempotencyRecord, Plan, Prefetched, Writes,
 };
 use crate::request::StoredEvent;
 use reckon_core::{
@@ -15,7 +15,7 @@ use reckon_core::{
     OveragePolicy, Timestamp, Totals, Unit,
 };
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Row};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp::from_millis)
@@ -231,7 +231,7 @@ pub fn open_holds(
 
 /// The seq of each prefetched account's newest event: the head of its event
 /// chain, which the batch's first event for the account points back to.
-pub type Heads = HashMap<AccountId, Option<i64>>;
+pub type Heads = IdMap<AccountId, Option<i64>>;
 
 /// Loads what `plan` names: accounts from the writer's cache when there,
 /// else from the database; holds the batch targets; idempotency records.
@@ -241,7 +241,7 @@ pub fn prefetch(
     cache: &mut Cache,
 ) -> Result<(Prefetched, Heads), StoreError> {
     let mut out = Prefetched::default();
-    let mut heads = Heads::new();
+    let mut heads = Heads::default();
     let none = BTreeSet::new();
     for id in &plan.accounts {
         let targets = plan.target_holds.get(id).unwrap_or(&none);
@@ -475,7 +475,7 @@ pub fn append_event_and_link(conn: &Connection, w: &EventWrite) -> Result<i64, S
         .query_row([w.account_id.as_str()], |r| r.get(0))
         .optional()?
         .flatten();
-    let mut heads = Heads::from([(w.account_id.clone(), prev)]);
+    let mut heads = Heads::from_iter([(w.account_id.clone(), prev)]);
     append_events(conn, std::slice::from_ref(w), &mut heads)?;
     let seq = heads[&w.account_id].expect("the event just appended");
     conn.prepare_cached("UPDATE accounts SET last_event_seq = ?1 WHERE id = ?2")?
