@@ -302,6 +302,40 @@ async fn usage_refused_beyond_balance_changes_nothing() {
     app.stop().await;
 }
 
+/// A check goes through the writer like a spend, but spends nothing and,
+/// with no expiry due, records nothing: the history is the same after it.
+#[tokio::test]
+async fn check_changes_nothing() {
+    let app = spawn_app().await;
+    app.create_account("a").await;
+    app.grant("a", json!("5")).await;
+    let events = |app: &App| {
+        app.service(Method::GET, "/v1/accounts/a/events?limit=100")
+            .send()
+    };
+    let before: Value = events(&app).await.unwrap().json().await.unwrap();
+    for amount in ["1", "6"] {
+        let r = app
+            .service(Method::POST, "/v1/accounts/a/check")
+            .json(&json!({"amount": amount}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let after: Value = events(&app).await.unwrap().json().await.unwrap();
+    assert_eq!(before, after);
+    assert_eq!(app.available("a").await, "5");
+    let r = app
+        .service(Method::POST, "/v1/accounts/nobody/check")
+        .json(&json!({"amount": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (404, "account_not_found".into()));
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn idempotency_by_header_or_body() {
     let app = spawn_app().await;

@@ -103,13 +103,17 @@ pub async fn check(
     JsonBody(body): JsonBody<CheckBody>,
 ) -> ApiResult<Json<CheckResponse>> {
     let amount = wire::amount(&body.amount, "amount")?;
-    let id = wire::account_id(&id)?;
-    let account = state
-        .store
-        .account(&id)
-        .await?
-        .ok_or(Rejection::AccountNotFound)?;
-    let c = reckon_core::check(&account, amount, state.now());
+    let account = wire::account_id(&id)?;
+    // Through the writer, like a spend: it answers from the account it holds
+    // in memory, and only once every write the answer may rest on is
+    // durable (a read connection could see a commit before its fsync).
+    let executed = state
+        .execute(Request::new(Command::Check { account, amount }))
+        .await?;
+    let c = executed
+        .outcome
+        .check
+        .expect("a check command answers with a check");
     Ok(Json(CheckResponse {
         allowed: c.allowed,
         available: c.available.to_string(),
