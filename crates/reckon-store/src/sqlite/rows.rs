@@ -461,10 +461,7 @@ fn append_events(
 ) -> Result<(), StoreError> {
     let mut insert = conn.prepare_cached(INSERT_EVENT)?;
     for w in events {
-        let head = match heads.get_mut(&w.account_id) {
-            Some(head) => head,
-            None => heads.entry(w.account_id.clone()).or_default(),
-        };
+        let head = heads.entry(w.account_id.clone()).or_default();
         let e = &w.event;
         let seq = insert.insert(params![
             w.account_id.as_str(),
