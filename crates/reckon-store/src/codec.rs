@@ -53,23 +53,31 @@ pub fn decode_allocations(text: &str) -> Result<Vec<Allocation>, StoreError> {
 /// or validated ids and `source` refuses control characters at the edge,
 /// so neither can hold a tab or newline.
 pub fn encode_grants(grants: &[Grant]) -> String {
-    use std::fmt::Write;
-    // Written in place: a `format!` per grant cost an allocation or two per
-    // account write, on the writer's thread.
+    // Written in place, numbers with `itoa`: a `format!` per grant cost an
+    // allocation or two per account write, and `fmt` machinery ~600
+    // instructions per grant, on the writer's thread.
     let mut out = String::with_capacity(grants.len() * 96);
+    let mut digits = itoa::Buffer::new();
     for (i, g) in grants.iter().enumerate() {
         if i > 0 {
             out.push('\n');
         }
-        let (amount, remaining) = (g.amount.micros(), g.remaining.micros());
-        let _ = write!(out, "{}\t{}\t{amount}\t{remaining}\t", g.id, g.seq);
+        out.push_str(&g.id);
+        out.push('\t');
+        out.push_str(digits.format(g.seq));
+        for n in [g.amount.micros(), g.remaining.micros()] {
+            out.push('\t');
+            out.push_str(digits.format(n));
+        }
+        out.push('\t');
         match g.expires_at {
-            Some(t) => {
-                let _ = write!(out, "{}", t.millis());
-            }
+            Some(t) => out.push_str(digits.format(t.millis())),
             None => out.push('-'),
         }
-        let _ = write!(out, "\t{}\t{}", g.created_at.millis(), g.source);
+        out.push('\t');
+        out.push_str(digits.format(g.created_at.millis()));
+        out.push('\t');
+        out.push_str(&g.source);
     }
     out
 }

@@ -15,12 +15,13 @@
 use crate::error::ExecError;
 use crate::request::{Executed, Request};
 use reckon_core::{apply, AccountId, AccountState, Event, Outcome, Timestamp};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// A hash map on the writer's path, keyed by account id. foldhash instead
 /// of std's SipHash, which was ~6 % of a batch's instructions; it is seeded
 /// per process, so clients cannot pick ids that collide.
 pub type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub type IdSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// Most requests one writer pass takes before it commits.
 pub const BATCH_REQUESTS_MAX: usize = 4_096;
@@ -38,12 +39,18 @@ pub struct Plan {
 }
 
 pub fn plan(requests: &[Request]) -> Plan {
-    let mut accounts = BTreeSet::new();
+    // Deduplicated by hash, then the unique ids sorted once: inserting every
+    // request's id into a `BTreeSet` compared strings log(n) times per
+    // request (~4 % of the writer in 1,000-operation batches).
+    let mut seen: IdSet<AccountId> = IdSet::default();
+    let mut accounts = Vec::new();
     let mut target_holds: BTreeMap<AccountId, BTreeSet<String>> = BTreeMap::new();
     let mut keys = BTreeSet::new();
     for r in requests {
         let id = r.account_id();
-        accounts.insert(id.clone());
+        if seen.insert(id.clone()) {
+            accounts.push(id.clone());
+        }
         if let Some(hold) = r.command.target_hold() {
             target_holds
                 .entry(id.clone())
@@ -54,8 +61,9 @@ pub fn plan(requests: &[Request]) -> Plan {
             keys.insert((id.clone(), k.as_str().to_owned()));
         }
     }
+    accounts.sort_unstable();
     Plan {
-        accounts: accounts.into_iter().collect(),
+        accounts,
         target_holds,
         idempotency_keys: keys.into_iter().collect(),
     }

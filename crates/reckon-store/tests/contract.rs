@@ -403,7 +403,23 @@ async fn acknowledged_writes_survive_restart(h: Harness) {
     ok(&h, grant("a", 10, GrantExpiry::AfterSecs(3600))).await;
     ok(&h, lock("a", "h1", 2, 300)).await;
     ok(&h, keyed(usage("a", 3), "k")).await;
+    // Settings changes take another write path than balance changes: both
+    // must reach the database, not only the writer's cached state.
+    let update = |status| {
+        Request::new(Command::UpdateAccount(UpdateAccount {
+            id: id("a"),
+            expires_at: Some(Some(Timestamp::from_millis(T0 + 86_400_000))),
+            status,
+            metadata: Some(r#"{"plan":"pro"}"#.into()),
+            overage: Some(OveragePolicy::Cap),
+        }))
+    };
+    ok(&h, update(None)).await;
+    ok(&h, usage("a", 1)).await;
+    ok(&h, update(Some(AccountStatus::Suspended))).await;
     let before = h.store.account(&id("a")).await.unwrap().unwrap();
+    assert_eq!(before.account.status, AccountStatus::Suspended);
+    assert_eq!(before.account.metadata, r#"{"plan":"pro"}"#);
     drop(h.store);
     let store = (h.reopen)();
     let after = store.account(&id("a")).await.unwrap().unwrap();
