@@ -173,18 +173,22 @@ pub struct Account {
     /// After this instant spending is refused with `account_expired`.
     pub expires_at: Option<Timestamp>,
     /// IANA zone name for calendar resets; stored, not yet interpreted.
-    pub timezone: Option<String>,
+    pub timezone: Option<Arc<str>>,
     /// A JSON object, opaque to the core (the edge validated it).
-    pub metadata: String,
+    pub metadata: Arc<str>,
     pub overage: OveragePolicy,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
 
 /// Value put into an account: a budget, a bundle, a top-up.
+///
+/// Its strings are shared (`Arc<str>`), like the account's: the core works
+/// on a copy of the account state for every command, and a shared string
+/// makes that copy a count instead of an allocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
-    pub id: String,
+    pub id: Arc<str>,
     /// Order of creation within the account; breaks expiry ties ("oldest first").
     pub seq: u64,
     pub amount: Amount,
@@ -193,7 +197,7 @@ pub struct Grant {
     /// The grant stops counting at this instant.
     pub expires_at: Option<Timestamp>,
     /// Free text naming where the grant came from ("manual", "bundle", "renewal").
-    pub source: String,
+    pub source: Arc<str>,
     pub created_at: Timestamp,
 }
 
@@ -243,7 +247,7 @@ impl HoldStatus {
 /// Part of a hold taken from one grant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allocation {
-    pub grant_id: String,
+    pub grant_id: Arc<str>,
     pub amount: Amount,
 }
 

@@ -20,6 +20,7 @@ use crate::command::{
 use crate::event::{Event, EventKind};
 use crate::rejection::Rejection;
 use crate::time::Timestamp;
+use std::sync::Arc;
 
 /// What a successful command produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,7 +171,7 @@ pub fn advance(state: &mut AccountState, now: Timestamp) -> Vec<Event> {
                 state.totals.expired = add(state.totals.expired, expired.remaining);
                 if !expired.remaining.is_zero() {
                     let mut e = event(state, EventKind::GrantExpired, expired.remaining, grant_at);
-                    e.grant_id = Some(expired.id);
+                    e.grant_id = Some(expired.id.to_string());
                     events.push(e);
                 }
             }
@@ -186,8 +187,8 @@ fn create_account(c: &CreateAccount, now: Timestamp) -> AccountState {
         unit: c.unit.clone(),
         status: AccountStatus::Active,
         expires_at: c.expires_at,
-        timezone: c.timezone.clone(),
-        metadata: c.metadata.clone(),
+        timezone: c.timezone.as_deref().map(Arc::from),
+        metadata: Arc::from(c.metadata.as_str()),
         overage: c.overage,
         created_at: now,
         updated_at: now,
@@ -203,7 +204,7 @@ fn update_account(state: &mut AccountState, c: &UpdateAccount, now: Timestamp) {
         account.status = status;
     }
     if let Some(metadata) = &c.metadata {
-        account.metadata = metadata.clone();
+        account.metadata = Arc::from(metadata.as_str());
     }
     if let Some(overage) = c.overage {
         account.overage = overage;
@@ -233,12 +234,12 @@ fn grant(
         .checked_add(c.amount)
         .ok_or(Rejection::AmountOverflow)?;
     let grant = Grant {
-        id: c.grant_id.clone(),
+        id: Arc::from(c.grant_id.as_str()),
         seq: state.next_grant_seq,
         amount: c.amount,
         remaining: c.amount,
         expires_at,
-        source: c.source.clone(),
+        source: Arc::from(c.source.as_str()),
         created_at: now,
     };
     state.next_grant_seq += 1;
@@ -248,7 +249,7 @@ fn grant(
         .partition_point(|g| g.draw_key() <= grant.draw_key());
     state.grants.insert(at, grant.clone());
     let mut e = event(state, EventKind::Granted, c.amount, now);
-    e.grant_id = Some(grant.id.clone());
+    e.grant_id = Some(grant.id.to_string());
     events.push(e);
     Ok(grant)
 }

@@ -64,11 +64,11 @@ pub struct GrantView {
 impl From<&Grant> for GrantView {
     fn from(g: &Grant) -> GrantView {
         GrantView {
-            id: g.id.clone(),
+            id: g.id.to_string(),
             amount: amt(g.amount),
             remaining: amt(g.remaining),
             expires_at: time(g.expires_at),
-            source: g.source.clone(),
+            source: g.source.to_string(),
             created_at: render_time(g.created_at),
         }
     }
@@ -134,7 +134,7 @@ impl AccountView {
             unit: a.unit.as_str().to_owned(),
             status: a.status.as_str(),
             expires_at: time(a.expires_at),
-            timezone: a.timezone.clone(),
+            timezone: a.timezone.as_deref().map(str::to_owned),
             metadata: stored_json(&a.metadata),
             overage_policy: a.overage.as_str(),
             created_at: render_time(a.created_at),

@@ -8,6 +8,7 @@ use reckon_core::{
     Outcome, OveragePolicy, Timestamp, Unit,
 };
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("stored outcome: bad {what}"))
@@ -41,7 +42,7 @@ pub fn decode_allocations(text: &str) -> Result<Vec<Allocation>, StoreError> {
             let (grant_id, micros) = part.split_once('=').ok_or_else(|| corrupt("allocation"))?;
             let micros: i64 = micros.parse().map_err(|_| corrupt("allocation amount"))?;
             Ok(Allocation {
-                grant_id: grant_id.to_owned(),
+                grant_id: Arc::from(grant_id),
                 amount: amount(micros)?,
             })
         })
@@ -94,7 +95,7 @@ pub fn decode_grants(text: &str) -> Result<Vec<Grant>, StoreError> {
             };
             let int = |v: &str| v.parse::<i64>().map_err(|_| corrupt("grant number"));
             Ok(Grant {
-                id: id.to_owned(),
+                id: Arc::from(id),
                 seq: int(seq)? as u64,
                 amount: amount(int(amt)?)?,
                 remaining: amount(int(rem)?)?,
@@ -104,7 +105,7 @@ pub fn decode_grants(text: &str) -> Result<Vec<Grant>, StoreError> {
                     Some(Timestamp::from_millis(int(expires)?))
                 },
                 created_at: Timestamp::from_millis(int(created)?),
-                source: source.to_owned(),
+                source: Arc::from(source),
             })
         })
         .collect()
@@ -147,7 +148,7 @@ pub fn encode_outcome(o: &Outcome) -> String {
         "account".into(),
         json!({
             "id": a.id.as_str(), "unit": a.unit.as_str(), "status": a.status.as_str(),
-            "expires_at": ts(a.expires_at), "timezone": a.timezone, "metadata": a.metadata,
+            "expires_at": ts(a.expires_at), "timezone": a.timezone.as_deref(), "metadata": &*a.metadata,
             "overage": a.overage.as_str(), "created_at": a.created_at.millis(), "updated_at": a.updated_at.millis(),
         }),
     );
@@ -163,8 +164,8 @@ pub fn encode_outcome(o: &Outcome) -> String {
         m.insert(
             "grant".into(),
             json!({
-                "id": g.id, "seq": g.seq, "amount": g.amount.micros(), "remaining": g.remaining.micros(),
-                "expires_at": ts(g.expires_at), "source": g.source, "created_at": g.created_at.millis(),
+                "id": &*g.id, "seq": g.seq, "amount": g.amount.micros(), "remaining": g.remaining.micros(),
+                "expires_at": ts(g.expires_at), "source": &*g.source, "created_at": g.created_at.millis(),
             }),
         );
     }
@@ -190,8 +191,8 @@ pub fn decode_outcome(text: &str) -> Result<Outcome, StoreError> {
         unit: Unit::parse(get_str(a, "unit")?).map_err(|_| corrupt("unit"))?,
         status: AccountStatus::parse(get_str(a, "status")?).ok_or_else(|| corrupt("status"))?,
         expires_at: get_ts(a, "expires_at")?,
-        timezone: get(a, "timezone")?.as_str().map(str::to_owned),
-        metadata: get_str(a, "metadata")?.to_owned(),
+        timezone: get(a, "timezone")?.as_str().map(Arc::from),
+        metadata: Arc::from(get_str(a, "metadata")?),
         overage: OveragePolicy::parse(get_str(a, "overage")?).ok_or_else(|| corrupt("overage"))?,
         created_at: Timestamp::from_millis(get_i64(a, "created_at")?),
         updated_at: Timestamp::from_millis(get_i64(a, "updated_at")?),
@@ -207,12 +208,12 @@ pub fn decode_outcome(text: &str) -> Result<Outcome, StoreError> {
     let grant = match v.get("grant") {
         None => None,
         Some(g) => Some(Grant {
-            id: get_str(g, "id")?.to_owned(),
+            id: Arc::from(get_str(g, "id")?),
             seq: get_i64(g, "seq")? as u64,
             amount: get_amount(g, "amount")?,
             remaining: get_amount(g, "remaining")?,
             expires_at: get_ts(g, "expires_at")?,
-            source: get_str(g, "source")?.to_owned(),
+            source: Arc::from(get_str(g, "source")?),
             created_at: Timestamp::from_millis(get_i64(g, "created_at")?),
         }),
     };

@@ -419,7 +419,7 @@ async fn acknowledged_writes_survive_restart(h: Harness) {
     ok(&h, update(Some(AccountStatus::Suspended))).await;
     let before = h.store.account(&id("a")).await.unwrap().unwrap();
     assert_eq!(before.account.status, AccountStatus::Suspended);
-    assert_eq!(before.account.metadata, r#"{"plan":"pro"}"#);
+    assert_eq!(&*before.account.metadata, r#"{"plan":"pro"}"#);
     drop(h.store);
     let store = (h.reopen)();
     let after = store.account(&id("a")).await.unwrap().unwrap();

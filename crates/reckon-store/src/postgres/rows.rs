@@ -16,6 +16,7 @@ use reckon_core::{
     OveragePolicy, Timestamp, Totals, Unit,
 };
 use std::collections::HashMap;
+use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
@@ -41,8 +42,8 @@ pub fn account(r: &Row) -> Result<AccountState, StoreError> {
         unit: Unit::parse(unit).map_err(|_| bad("unit", unit))?,
         status: AccountStatus::parse(status).ok_or_else(|| bad("status", status))?,
         expires_at: ts(r.try_get(3)?),
-        timezone: r.try_get(4)?,
-        metadata: r.try_get(5)?,
+        timezone: r.try_get::<_, Option<&str>>(4)?.map(Arc::from),
+        metadata: Arc::from(r.try_get::<_, &str>(5)?),
         overage: OveragePolicy::parse(overage).ok_or_else(|| bad("overage", overage))?,
         created_at: Timestamp::from_millis(r.try_get(7)?),
         updated_at: Timestamp::from_millis(r.try_get(8)?),
