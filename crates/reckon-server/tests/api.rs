@@ -274,7 +274,7 @@ async fn usage_refused_beyond_balance_changes_nothing() {
     app.grant("a", json!("50")).await;
     let r = app
         .service(Method::POST, "/v1/accounts/a/usage")
-        .json(&json!({"amount": "12.34", "attributes": {"model": "gpt-4"}}))
+        .json(&json!({"amount": "12.34", "attributes": {"model": "gpt-4"}, "idempotency_key": "req-1"}))
         .send()
         .await
         .unwrap();
@@ -284,6 +284,19 @@ async fn usage_refused_beyond_balance_changes_nothing() {
         body["balance"],
         json!({"granted": "50", "used": "12.34", "held": "0", "available": "37.66", "expired": "0"})
     );
+    // The event keeps what the caller sent with it.
+    let events: Value = app
+        .service(Method::GET, "/v1/accounts/a/events?limit=1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let used = &events["events"][0];
+    assert_eq!(used["kind"], "used");
+    assert_eq!(used["attributes"], json!({"model": "gpt-4"}));
+    assert_eq!(used["idempotency_key"], "req-1");
     let r = app
         .service(Method::POST, "/v1/accounts/a/usage")
         .json(&json!({"amount": "37.67"}))

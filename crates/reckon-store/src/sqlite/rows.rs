@@ -363,8 +363,13 @@ const INSERT_HOLD: &str =
     "INSERT INTO holds (id, account_id, amount, status, expires_at, allocations, settled_amount, created_at, resolved_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 const INSERT_EVENT: &str =
-    "INSERT INTO events (account_id, kind, amount, available_after, at, grant_id, hold_id, idempotency_key, attributes, prev_seq)
+    "INSERT INTO events (account_id, kind, amount, available_after, at, prev_seq, grant_id, hold_id, idempotency_key, attributes)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/// The common event (a usage without key or attributes) names no grant,
+/// hold, key or attributes: binding four NULLs cost ~10 % of an insert.
+const INSERT_PLAIN_EVENT: &str =
+    "INSERT INTO events (account_id, kind, amount, available_after, at, prev_seq)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const INSERT_IDEMPOTENCY: &str =
     "INSERT INTO idempotency (account_id, key, fingerprint, outcome, created_at) VALUES (?1, ?2, ?3, ?4, ?5)";
 
@@ -485,21 +490,30 @@ fn append_events(
     heads: &mut Heads,
 ) -> Result<(), StoreError> {
     let mut insert = conn.prepare_cached(INSERT_EVENT)?;
+    let mut insert_plain = conn.prepare_cached(INSERT_PLAIN_EVENT)?;
     for w in events {
         let head = heads.entry(w.account_id.clone()).or_default();
         let e = &w.event;
-        let seq = insert.insert(params![
+        let common = params![
             w.account_id.as_str(),
             e.kind.as_str(),
             e.amount.micros(),
             e.available_after.micros(),
             e.at.millis(),
-            e.grant_id,
-            e.hold_id,
-            w.idempotency_key,
-            w.attributes,
             *head,
-        ])?;
+        ];
+        let seq = if (&e.grant_id, &e.hold_id, &w.idempotency_key, &w.attributes)
+            == (&None, &None, &None, &None)
+        {
+            insert_plain.insert(common)?
+        } else {
+            let rest = params![e.grant_id, e.hold_id, w.idempotency_key, w.attributes];
+            for (i, value) in common.iter().chain(rest.iter()).enumerate() {
+                insert.raw_bind_parameter(i + 1, value)?;
+            }
+            insert.raw_execute()?;
+            conn.last_insert_rowid()
+        };
         *head = Some(seq);
     }
     Ok(())
