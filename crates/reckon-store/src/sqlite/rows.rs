@@ -346,8 +346,7 @@ const UPDATE_BALANCE_AND_DUE: &str =
     "UPDATE accounts SET updated_at = ?2, granted = ?3, used = ?4, expired = ?5, next_grant_seq = ?6,
          next_due = ?7, grants = ?8, last_event_seq = ?9
      WHERE id = ?1";
-/// Settings changed too (rare: an account update or an expiry of the
-/// account itself).
+/// Settings changed too (rare: only an account update changes them).
 const UPDATE_ACCOUNT: &str =
     "UPDATE accounts SET updated_at = ?2, granted = ?3, used = ?4, expired = ?5, next_grant_seq = ?6,
          next_due = ?7, grants = ?8, last_event_seq = ?9,
