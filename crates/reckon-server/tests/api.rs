@@ -285,15 +285,7 @@ async fn usage_refused_beyond_balance_changes_nothing() {
         json!({"granted": "50", "used": "12.34", "held": "0", "available": "37.66", "expired": "0"})
     );
     // The event keeps what the caller sent with it.
-    let events: Value = app
-        .service(Method::GET, "/v1/accounts/a/events?limit=1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let used = &events["events"][0];
+    let used = &app.newest_event("a").await;
     assert_eq!(used["kind"], "used");
     assert_eq!(used["attributes"], json!({"model": "gpt-4"}));
     assert_eq!(used["idempotency_key"], "req-1");
@@ -443,16 +435,9 @@ async fn expiry_follows_the_clock_without_any_sweep() {
     assert_eq!(error_code(r).await, (402, "insufficient_balance".into()));
     // The scheduler's pass writes the expiry event, stamped with the instant it happened.
     assert_eq!(app.sweep().await.accounts_swept, 1);
-    let events: Value = app
-        .service(Method::GET, "/v1/accounts/a/events?limit=1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(events["events"][0]["kind"], "grant_expired");
-    assert_eq!(events["events"][0]["at"], "2026-01-01T00:01:00.000Z");
+    let expired = app.newest_event("a").await;
+    assert_eq!(expired["kind"], "grant_expired");
+    assert_eq!(expired["at"], "2026-01-01T00:01:00.000Z");
     app.stop().await;
 }
 

@@ -205,16 +205,9 @@ async fn hold_expiry_and_listing() {
     assert_eq!(error_code(r).await, (400, "invalid_query".into()));
     // A sweep writes the hold_expired event.
     assert_eq!(app.sweep().await.accounts_swept, 1);
-    let events: Value = app
-        .service(Method::GET, "/v1/accounts/a/events?limit=1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(events["events"][0]["kind"], "hold_expired");
-    assert_eq!(events["events"][0]["hold_id"], id.as_str());
+    let expired = app.newest_event("a").await;
+    assert_eq!(expired["kind"], "hold_expired");
+    assert_eq!(expired["hold_id"], id.as_str());
     app.stop().await;
 }
 

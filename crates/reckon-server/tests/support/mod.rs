@@ -78,6 +78,21 @@ impl App {
         r.json().await.unwrap()
     }
 
+    /// The account's newest event, as `GET /v1/accounts/{id}/events` shows it.
+    pub async fn newest_event(&self, id: &str) -> Value {
+        let r = self
+            .service(
+                reqwest::Method::GET,
+                &format!("/v1/accounts/{id}/events?limit=1"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut page: Value = r.json().await.unwrap();
+        page["events"][0].take()
+    }
+
     pub async fn available(&self, id: &str) -> String {
         self.account(id).await["balance"]["available"]
             .as_str()
