@@ -42,9 +42,17 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-/// Batches one node runs at once. More overlap round trips to the
-/// database; batches on the same hot account still take turns on its lock.
-pub const WRITERS: usize = 2;
+/// Batches one node runs at once. One: PostgreSQL's CPU per request falls
+/// steeply with the batch size (most of it is per statement and per
+/// transaction, not per row), and while a node's only batch is in flight
+/// everything that arrives queues for the next one, so batches are as large
+/// as the load makes them. Measured with three nodes and 64 connections
+/// (`scripts/bench-postgres`, alternating runs): against two writers per
+/// node, one gave batches of ~12 requests instead of ~6, ~30 % less
+/// PostgreSQL CPU per request, and +15-30 % usage/s, lock-settle pairs/s
+/// and hot-account usage/s. The price: a batch waiting on another node's
+/// row lock holds up this node's queue for that long (one batch, a few ms).
+pub const WRITERS: usize = 1;
 /// Connections for reads, besides the writers'.
 pub const READ_CONNECTIONS: usize = 8;
 /// Requests that may wait for a writer before submitters are slowed down.
