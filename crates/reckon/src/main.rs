@@ -94,6 +94,11 @@ struct ServeArgs {
     /// Longest TTL a hold may ask for.
     #[arg(long, env = "RECKON_HOLD_TTL_MAX_SECS", default_value_t = 86_400)]
     hold_ttl_max_secs: u64,
+    /// Threads serving HTTP [default: one per core]. Fewer when several
+    /// nodes share a machine's cores (scripts/bench-postgres runs three
+    /// nodes on two cores with one each).
+    #[arg(long, env = "RECKON_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -156,9 +161,15 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Cmd::Serve(ServeArgs {
+        worker_threads: Some(n),
+        ..
+    }) = &cli.command
+    {
+        runtime.worker_threads(usize::from(*n));
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Cmd::Serve(args) => serve(args).await,
