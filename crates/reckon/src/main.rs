@@ -95,8 +95,7 @@ struct ServeArgs {
     #[arg(long, env = "RECKON_HOLD_TTL_MAX_SECS", default_value_t = 86_400)]
     hold_ttl_max_secs: u64,
     /// Threads serving HTTP [default: one per core]. Fewer when several
-    /// nodes share a machine's cores (scripts/bench-postgres runs three
-    /// nodes on two cores with one each).
+    /// nodes share a machine's cores.
     #[arg(long, env = "RECKON_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
 }

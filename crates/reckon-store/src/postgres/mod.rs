@@ -45,8 +45,9 @@ use tokio_postgres::NoTls;
 /// Batches one node runs at once. One: larger batches spread PostgreSQL's
 /// per-statement and per-transaction costs over more requests, and while a
 /// node's only batch is in flight everything that arrives queues for the
-/// next one, so batches are as large as the load makes them. Measured with three nodes and 64 connections
-/// (`scripts/bench-postgres`, alternating runs): against two writers per
+/// next one, so batches are as large as the load makes them. Measured with
+/// three nodes and 64 connections (`scripts/bench-postgres`, alternating
+/// runs): against two writers per
 /// node, one gave batches of ~12 requests instead of ~6, ~30 % less
 /// PostgreSQL CPU per request, and +15-30 % usage/s, lock-settle pairs/s
 /// and hot-account usage/s. The price: a batch waiting on another node's
