@@ -854,3 +854,81 @@ contract!(
     concurrent_sweeps_expire_once,
     event_history_pages_through_every_write_path,
 );
+
+// ---- PostgreSQL only -----------------------------------------------------------
+
+/// A batch does not wait for a row lock another node holds: the request on
+/// the locked account is put off (and runs, once, when the lock is gone),
+/// while a request on a free account in the same batch is answered at once.
+/// A single-threaded runtime makes the batch deterministic: both jobs are
+/// queued before the writer first runs.
+#[tokio::test(flavor = "current_thread")]
+async fn postgres_locked_account_does_not_hold_up_the_batch() {
+    use std::task::Poll;
+    let Some(h) = postgres("postgres_locked_account_does_not_hold_up_the_batch").await else {
+        return;
+    };
+    for name in ["locked", "free"] {
+        ok(&h, create(name)).await;
+        ok(&h, grant(name, 10, GrantExpiry::Never)).await;
+    }
+    // Another node's transaction, holding the row lock.
+    let url = &h._schema.as_ref().unwrap().url;
+    let (other, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    other.batch_execute("BEGIN").await.unwrap();
+    other
+        .execute(
+            "SELECT id FROM accounts WHERE id = 'locked' FOR UPDATE",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let mut on_locked = h.store.submit(usage("locked", 1));
+    let on_free = h.store.submit(usage("free", 1));
+    // Queue the first job without giving the writer a turn.
+    std::future::poll_fn(|cx| {
+        assert!(on_locked.as_mut().poll(cx).is_pending());
+        Poll::Ready(())
+    })
+    .await;
+    let guard = std::time::Duration::from_secs(30);
+    let free = tokio::time::timeout(guard, on_free).await;
+    let mut ran_early = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = on_locked.as_mut().poll(cx) {
+            ran_early = Some(r);
+        }
+        Poll::Ready(())
+    })
+    .await;
+    let locked_ran_early = ran_early.is_some();
+    // Let go of the lock and let the writer finish before asserting
+    // anything: a failure that left a transaction open would leave the
+    // schema's drop waiting on it forever.
+    other.batch_execute("COMMIT").await.unwrap();
+    let locked = match ran_early {
+        Some(r) => r,
+        None => tokio::time::timeout(guard, on_locked)
+            .await
+            .expect("the put-off request runs once the lock is gone"),
+    };
+    let free = free.expect("the free account's request must not wait for the other lock");
+    assert!(free.is_ok(), "{free:?}");
+    assert!(
+        !locked_ran_early,
+        "the locked account's request cannot run while the lock is held"
+    );
+    assert!(locked.is_ok(), "{locked:?}");
+    for name in ["locked", "free"] {
+        assert_eq!(available(&h, name).await, units(9), "{name}: applied once");
+        assert_eq!(
+            event_count(&h, name).await,
+            3,
+            "{name}: created, granted, used"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use crate::error::StoreError;
 use crate::executor::{next_due, EventWrite, IdMap, IdempotencyRecord, Writes};
 use crate::request::StoredEvent;
 use deadpool_postgres::GenericClient;
-use futures_util::future::{try_join, try_join3, try_join4, try_join_all};
+use futures_util::future::{try_join, try_join4, try_join_all};
 use reckon_core::{
     Account, AccountId, AccountState, AccountStatus, Event, EventKind, Hold, HoldStatus,
     OveragePolicy, Timestamp, Totals, Unit,
@@ -119,17 +119,28 @@ pub type Loaded = (
 /// round trip. PostgreSQL runs a connection's statements one after another,
 /// so the hold and record reads start after the locks are granted and, under
 /// READ COMMITTED, see everything the previous lock holder committed.
+///
+/// `wait` are locked waiting for other transactions; `skip` with
+/// `SKIP LOCKED`: an account another transaction holds is left out of the
+/// result (as a missing one is; `existing_accounts` tells them apart). The
+/// waiting lock goes first, so by the time this transaction holds a row it
+/// took without waiting, it waits for nothing more (no deadlock between
+/// the two kinds; waiting locks are all taken in one global order).
 pub async fn begin_lock_and_load(
     c: &impl GenericClient,
     begin: bool,
-    ids: &[&str],
+    wait: &[&str],
+    skip: &[&str],
     target_holds: &[&str],
     keys: &[(&str, &str)],
 ) -> Result<Loaded, StoreError> {
     // ORDER BY sits below the row locks in the plan, so rows are locked in
     // id order: every node takes locks in one global order, so no deadlock.
-    let lock_sql =
+    let wait_sql =
         format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+    let skip_sql = format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED"
+    );
     let holds_sql = format!(
         "SELECT {HOLD_COLUMNS} FROM holds WHERE (account_id = ANY($1) AND status = 'held') OR id = ANY($2)"
     );
@@ -137,14 +148,17 @@ pub async fn begin_lock_and_load(
          JOIN unnest($1::text[], $2::text[]) AS k(a, k) ON i.account_id = k.a AND i.key = k.k";
     // Prepared first (cached after the first batch), so that the statements
     // below go out in exactly this order.
-    let (lock, holds, records) = try_join3(
-        c.prepare_cached(&lock_sql),
+    let (wait_lock, skip_lock, holds, records) = try_join4(
+        c.prepare_cached(&wait_sql),
+        c.prepare_cached(&skip_sql),
         c.prepare_cached(&holds_sql),
         c.prepare_cached(records_sql),
     )
     .await?;
+    let ids: Vec<&str> = wait.iter().chain(skip).copied().collect();
     let (key_accounts, key_names): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-    let lock_params: [Param; 1] = [&ids];
+    let wait_params: [Param; 1] = [&wait];
+    let skip_params: [Param; 1] = [&skip];
     let holds_params: [Param; 2] = [&ids, &target_holds];
     let records_params: [Param; 2] = [&key_accounts, &key_names];
     let begin = async {
@@ -154,9 +168,24 @@ pub async fn begin_lock_and_load(
             Ok(())
         }
     };
-    let ((), rows, holds, records) = try_join4(
+    // An empty list is not asked for at all: a statement costs a round of
+    // parsing, planning and a reply even when it finds nothing.
+    let lock = |statement, params, list: &[&str]| {
+        let empty = list.is_empty();
+        async move {
+            if empty {
+                Ok(Vec::new())
+            } else {
+                c.query(statement, params).await
+            }
+        }
+    };
+    let ((), (waited, skipped), holds, records) = try_join4(
         begin,
-        c.query(&lock, &lock_params),
+        try_join(
+            lock(&wait_lock, &wait_params[..], wait),
+            lock(&skip_lock, &skip_params[..], skip),
+        ),
         c.query(&holds, &holds_params),
         async {
             // Most traffic carries no keys: then there is nothing to ask.
@@ -168,6 +197,7 @@ pub async fn begin_lock_and_load(
         },
     )
     .await?;
+    let rows: Vec<Row> = waited.into_iter().chain(skipped).collect();
     let mut accounts = IdMap::with_capacity_and_hasher(rows.len(), Default::default());
     for r in &rows {
         let state = account(r)?;
@@ -197,6 +227,21 @@ pub async fn begin_lock_and_load(
         idempotency.insert((id, key), record);
     }
     Ok((accounts, idempotency))
+}
+
+/// Which of `ids` exist (committed), without locking them: after a
+/// `SKIP LOCKED` read, the ones it left out that exist are held elsewhere.
+pub async fn existing_accounts(
+    c: &impl GenericClient,
+    ids: &[&str],
+) -> Result<Vec<String>, StoreError> {
+    let statement = c
+        .prepare_cached("SELECT id FROM accounts WHERE id = ANY($1)")
+        .await?;
+    let rows = c.query(&statement, &[&ids]).await?;
+    rows.iter()
+        .map(|r| r.try_get(0).map_err(StoreError::from))
+        .collect()
 }
 
 /// Column vectors of changed accounts, for one `unnest` statement.
