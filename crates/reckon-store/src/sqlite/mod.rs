@@ -449,11 +449,17 @@ fn checkpoint_loop(
         match stop.recv_timeout(CHECKPOINT_INTERVAL) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => match checkpoint() {
                 Ok(frames) if frames > WAL_FRAMES_MAX => {
+                    let started = std::time::Instant::now();
                     flush_database(&database);
                     if let Err(e) = checkpoint() {
                         tracing::warn!(error = %e, "checkpoint failed; retrying");
                     }
                     flush_database(&database);
+                    tracing::debug!(
+                        frames,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "database file flushed; asking the writer to catch the WAL up"
+                    );
                     wal_too_big.store(true, Ordering::Relaxed)
                 }
                 Ok(_) => {}
@@ -484,8 +490,14 @@ fn flush_database(database: &std::fs::File) {
 /// next write transaction restarts the WAL (and `journal_size_limit` cuts
 /// the file back).
 fn catch_up_wal(conn: &Connection) {
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-        tracing::warn!(error = %e, "writer-side checkpoint failed; retrying later");
+    let started = std::time::Instant::now();
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        // The writer, and every request behind it, waited this long.
+        Ok(()) => tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "WAL caught up"
+        ),
+        Err(e) => tracing::warn!(error = %e, "writer-side checkpoint failed; retrying later"),
     }
 }
 
