@@ -935,21 +935,24 @@ async fn postgres_locked_account_does_not_hold_up_the_batch() {
 
 // ---- SQLite only ----------------------------------------------------------------
 
+/// The WAL file of the SQLite database at `db`.
+fn wal_file(db: &std::path::Path) -> std::fs::File {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::File::open(std::path::PathBuf::from(wal)).unwrap()
+}
+
 /// The WAL's header: checkpoint sequence number and first salt, which SQLite
 /// changes each time the WAL starts over from its beginning.
 fn wal_generation(db: &std::path::Path) -> [u8; 8] {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    let bytes = std::fs::read(std::path::PathBuf::from(wal)).unwrap();
-    bytes[12..20].try_into().unwrap()
+    use std::io::Read;
+    let mut header = [0u8; 20];
+    wal_file(db).read_exact(&mut header).unwrap();
+    header[12..20].try_into().unwrap()
 }
 
 fn wal_bytes(db: &std::path::Path) -> u64 {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    std::fs::metadata(std::path::PathBuf::from(wal))
-        .unwrap()
-        .len()
+    wal_file(db).metadata().unwrap().len()
 }
 
 /// Under a steady stream of writes the WAL still starts over (the checkpoint
