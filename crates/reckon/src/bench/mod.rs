@@ -10,7 +10,11 @@
 //! `check`, `usage`, `lock-settle` (one op = a lock and its settle),
 //! `batch` (`--batch-size` usage operations per request; ops count each
 //! operation), `mixed` (60 % usage, 30 % check, 10 % lock-settle).
+//!
+//! Around the scenarios it probes the disk under the database (`disk.rs`),
+//! since on a VM that moves the durable figures more than any code change.
 
+mod disk;
 mod report;
 mod server;
 mod worker;
@@ -62,6 +66,11 @@ pub struct BenchArgs {
     /// The accounts already exist (bench-0 .. bench-N with large grants).
     #[arg(long)]
     pub skip_setup: bool,
+    /// Where to probe the disk's fsync latency before and after the
+    /// scenarios. Default: the directory of the SQLite database bench starts;
+    /// no probe for a server at --url unless given.
+    #[arg(long)]
+    pub fsync_probe_dir: Option<std::path::PathBuf>,
     /// Write the results as JSON here.
     #[arg(long, default_value = "bench-result.json")]
     pub out: String,
@@ -128,6 +137,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
+    let probe_dir = args
+        .fsync_probe_dir
+        .clone()
+        .or_else(|| server.database_dir.clone());
+    let disk_before = probe_disk(probe_dir.as_deref(), "before").await?;
     let mut results = Vec::new();
     for scenario in scenarios {
         let config = worker::LoadConfig {
@@ -143,12 +157,29 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         report::print(&result);
         results.push(result);
     }
+    let disk_after = probe_disk(probe_dir.as_deref(), "after").await?;
     let rss_kb = server.peak_rss_kb();
     if let Some(kb) = rss_kb {
         println!("server peak RSS: {:.1} MB", kb as f64 / 1024.0);
     }
-    report::write_json(&args.out, &args, &results, rss_kb)?;
+    let disk = report::Disk {
+        before: disk_before,
+        after: disk_after,
+    };
+    report::write_json(&args.out, &args, &results, rss_kb, disk)?;
     println!("results written to {}", args.out);
     server.stop();
     Ok(())
+}
+
+/// Runs the disk probe in `dir`, if there is one, and prints it.
+async fn probe_disk(dir: Option<&std::path::Path>, when: &str) -> Result<Option<disk::FsyncProbe>> {
+    let Some(dir) = dir.map(|d| d.to_owned()) else {
+        return Ok(None);
+    };
+    let probe = tokio::task::spawn_blocking(move || disk::probe(&dir))
+        .await?
+        .context("probing the disk's fsync latency")?;
+    println!("disk {when}: {probe}");
+    Ok(Some(probe))
 }

@@ -1,5 +1,6 @@
 //! Printing and saving results.
 
+use super::disk::FsyncProbe;
 use super::BenchArgs;
 use anyhow::Result;
 use serde::Serialize;
@@ -54,6 +55,13 @@ fn us(v: u64) -> String {
     }
 }
 
+/// The disk probe around the scenarios (absent without a directory to probe).
+#[derive(Serialize)]
+pub struct Disk {
+    pub before: Option<FsyncProbe>,
+    pub after: Option<FsyncProbe>,
+}
+
 #[derive(Serialize)]
 struct Report<'a> {
     reckon_version: &'static str,
@@ -61,6 +69,7 @@ struct Report<'a> {
     hot: bool,
     scenarios: &'a [ScenarioResult],
     server_peak_rss_kb: Option<u64>,
+    disk: Disk,
 }
 
 pub fn write_json(
@@ -68,6 +77,7 @@ pub fn write_json(
     args: &BenchArgs,
     results: &[ScenarioResult],
     rss_kb: Option<u64>,
+    disk: Disk,
 ) -> Result<()> {
     let report = Report {
         reckon_version: env!("CARGO_PKG_VERSION"),
@@ -75,6 +85,7 @@ pub fn write_json(
         hot: args.hot,
         scenarios: results,
         server_peak_rss_kb: rss_kb,
+        disk,
     };
     std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     Ok(())

@@ -7,6 +7,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// Key the spawned server is started with.
@@ -58,6 +59,9 @@ pub struct Target {
     pub endpoints: Vec<Endpoint>,
     pid: Option<u32>,
     child: Option<Child>,
+    /// The directory of the SQLite database bench started, where the disk
+    /// probe runs (`disk.rs`); unknown for a server at `--url`.
+    pub database_dir: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -87,6 +91,7 @@ impl Target {
             endpoints,
             pid,
             child: None,
+            database_dir: None,
             _dir: None,
         })
     }
@@ -98,6 +103,13 @@ impl Target {
             Some(d) => d.to_owned(),
             None => format!("sqlite:{}", dir.path().join("bench.db").display()),
         };
+        let database_dir =
+            database
+                .strip_prefix("sqlite:")
+                .map(|path| match Path::new(path).parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                    _ => PathBuf::from("."),
+                });
         let mut child = Command::new(std::env::current_exe()?)
             .args(["serve", "--listen", "127.0.0.1:0", "--database", &database])
             .env("RECKON_ADMIN_KEY", SPAWNED_ADMIN_KEY)
@@ -120,6 +132,7 @@ impl Target {
             }],
             pid: Some(child.id()),
             child: Some(child),
+            database_dir,
             _dir: Some(dir),
         })
     }
