@@ -47,6 +47,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let store = open_store(&config.database, clock.clone()).await?;
+    if let Database::Sqlite(path) = &config.database {
+        SqliteStore::warm_page_cache(path)?;
+    }
     let (keys, generated) = Keys::resolve(&config.service_keys, &config.admin_keys, store.as_ref())
         .await
         .map_err(|e| StartError::Keys(e.message))?;

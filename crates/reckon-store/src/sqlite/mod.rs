@@ -19,8 +19,10 @@ mod credentials;
 mod durable;
 mod rows;
 mod schema;
+mod warm;
 
 pub use cache::CACHE_ACCOUNTS_MAX;
+pub use warm::WARM_BYTES_MAX;
 
 use crate::clock::Clock;
 use crate::credential::{Credential, CredentialKey, CredentialRefusal};
@@ -194,6 +196,13 @@ impl SqliteStore {
                 writer: Mutex::new(Some(writer)),
             }),
         })
+    }
+
+    /// Reads the database file into the OS page cache on a background
+    /// thread (see `warm.rs`). The server calls it once at start; one-shot
+    /// commands (the CLI) do not.
+    pub fn warm_page_cache(path: impl AsRef<Path>) -> std::io::Result<()> {
+        warm::start(path.as_ref().to_path_buf())
     }
 
     /// Applies pending migrations without starting a server.
