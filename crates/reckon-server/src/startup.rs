@@ -46,10 +46,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let store = open_store(&config.database, clock.clone()).await?;
-    if let Database::Sqlite(path) = &config.database {
-        SqliteStore::warm_page_cache(path)?;
-    }
+    let store: Arc<dyn Store> = match &config.database {
+        Database::Sqlite(path) => {
+            let sqlite = SqliteStore::open(path, clock.clone())?;
+            // Serving, unlike a one-shot CLI command: worth reading the file
+            // into the OS page cache in the background.
+            sqlite.warm_page_cache()?;
+            Arc::new(sqlite)
+        }
+        Database::Postgres(_) => open_store(&config.database, clock.clone()).await?,
+    };
     let (keys, generated) = Keys::resolve(&config.service_keys, &config.admin_keys, store.as_ref())
         .await
         .map_err(|e| StartError::Keys(e.message))?;

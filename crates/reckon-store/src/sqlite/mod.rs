@@ -96,21 +96,31 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     read_permits: tokio::sync::Semaphore,
     path: PathBuf,
-    /// Dropped with the store: tells the checkpoint thread to stop.
-    _stop_checkpoints: std::sync::mpsc::Sender<()>,
+    /// The database file, open for the store's lifetime (see `open`).
+    database: Arc<std::fs::File>,
+    /// Dropped with the store (see `drop`): tells the checkpoint thread to stop.
+    stop_checkpoints: Option<std::sync::mpsc::Sender<()>>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// When the last handle goes, close the queue and wait for the writer to
-/// finish what it has and close its connection: the last connection to close
-/// checkpoints the WAL into the database file and removes it, so the next
-/// start has nothing to recover.
+/// finish what it has and close its connection, then for the checkpoint
+/// thread: the last connection to close checkpoints the WAL into the
+/// database file and removes it, so the next start has nothing to recover.
+/// The read connections close next (fields drop in order), and only then
+/// the handle on the file (`database`), so it never closes under an open
+/// connection (see `SqliteStore::open`).
 impl Drop for Inner {
     fn drop(&mut self) {
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.jobs, closed));
         if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
             let _ = writer.join();
+        }
+        drop(self.stop_checkpoints.take());
+        if let Some(checkpointer) = self.checkpointer.take() {
+            let _ = checkpointer.join();
         }
     }
 }
@@ -159,17 +169,26 @@ impl SqliteStore {
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         let durability = durable::start(&path)?;
         let checkpointer = open(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        // The checkpoint thread's own handle on the file, to flush it.
-        let database = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)?;
+        // A handle on the file itself, for the checkpoint thread to flush it
+        // and the server to warm it (`warm.rs`). Kept open as long as the
+        // store, never closed while SQLite's connections are open: closing
+        // any descriptor of the file cancels every POSIX lock this process
+        // holds on it, SQLite's included (sqlite.org/howtocorrupt.html, 2.2),
+        // and another process could then take the database as its own,
+        // e.g. delete the WAL when it closes.
+        let database = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)?,
+        );
+        let checkpointed = database.clone();
         let (stop_checkpoints, stop) = std::sync::mpsc::channel();
         let wal_too_big = Arc::new(AtomicBool::new(false));
         let flag = wal_too_big.clone();
-        std::thread::Builder::new()
+        let checkpointer = std::thread::Builder::new()
             .name("reckon-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, database, stop, flag))?;
+            .spawn(move || checkpoint_loop(checkpointer, checkpointed, stop, flag))?;
         let readers = (0..READ_CONNECTIONS)
             .map(|_| {
                 let c = open(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
@@ -192,7 +211,9 @@ impl SqliteStore {
                 readers: Mutex::new(readers),
                 read_permits: tokio::sync::Semaphore::new(READ_CONNECTIONS),
                 path,
-                _stop_checkpoints: stop_checkpoints,
+                database,
+                stop_checkpoints: Some(stop_checkpoints),
+                checkpointer: Some(checkpointer),
                 writer: Mutex::new(Some(writer)),
             }),
         })
@@ -201,8 +222,8 @@ impl SqliteStore {
     /// Reads the database file into the OS page cache on a background
     /// thread (see `warm.rs`). The server calls it once at start; one-shot
     /// commands (the CLI) do not.
-    pub fn warm_page_cache(path: impl AsRef<Path>) -> std::io::Result<()> {
-        warm::start(path.as_ref().to_path_buf())
+    pub fn warm_page_cache(&self) -> std::io::Result<()> {
+        warm::start(self.inner.database.clone())
     }
 
     /// Applies pending migrations without starting a server.
@@ -446,7 +467,7 @@ fn run_batch(
 /// succeeded and the WAL starts over.
 fn checkpoint_loop(
     conn: Connection,
-    database: std::fs::File,
+    database: Arc<std::fs::File>,
     stop: std::sync::mpsc::Receiver<()>,
     wal_too_big: Arc<AtomicBool>,
 ) {

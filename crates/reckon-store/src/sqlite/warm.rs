@@ -15,9 +15,14 @@
 //! ready at once and requests are served while it reads. A file larger
 //! than [`WARM_BYTES_MAX`], or than half of the memory the OS reports
 //! available, is left alone: it would push out as much as it brought in.
+//!
+//! It reads through the store's own handle on the file (`pread`), never
+//! one it opens and closes: closing a descriptor of the database file
+//! would cancel the POSIX locks SQLite holds on it (see `SqliteStore::open`).
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Largest database file read at start.
@@ -26,12 +31,12 @@ pub const WARM_BYTES_MAX: u64 = 4 << 30;
 const WARM_CHUNK_BYTES: usize = 1 << 20;
 
 /// Starts the warming thread for the file at `path`.
-pub fn start(path: PathBuf) -> std::io::Result<()> {
+pub fn start(file: Arc<File>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("reckon-warm".into())
         .spawn(move || {
             let started = Instant::now();
-            match warm(&path, limit()) {
+            match warm(&file, limit()) {
                 Ok(Some(bytes)) => tracing::info!(
                     mb = bytes >> 20,
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -60,15 +65,14 @@ fn limit() -> u64 {
 
 /// Reads the whole file if it is at most `limit` bytes; returns the bytes
 /// read, or `None` if it was too large.
-fn warm(path: &Path, limit: u64) -> std::io::Result<Option<u64>> {
-    let mut file = std::fs::File::open(path)?;
+fn warm(file: &File, limit: u64) -> std::io::Result<Option<u64>> {
     if file.metadata()?.len() > limit {
         return Ok(None);
     }
     let mut buf = vec![0u8; WARM_CHUNK_BYTES];
     let mut total = 0u64;
     loop {
-        match file.read(&mut buf) {
+        match file.read_at(&mut buf, total) {
             Ok(0) => return Ok(Some(total)),
             Ok(n) => total += n as u64,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -87,9 +91,9 @@ mod tests {
         let path = dir.path().join("db");
         let size = 3 * WARM_CHUNK_BYTES as u64 + 17;
         std::fs::write(&path, vec![1u8; size as usize]).unwrap();
-        assert_eq!(warm(&path, size).unwrap(), Some(size));
-        assert_eq!(warm(&path, size - 1).unwrap(), None);
-        assert!(warm(&dir.path().join("missing"), size).is_err());
+        let file = File::open(&path).unwrap();
+        assert_eq!(warm(&file, size).unwrap(), Some(size));
+        assert_eq!(warm(&file, size - 1).unwrap(), None);
         assert!(limit() > 0 && limit() <= WARM_BYTES_MAX);
     }
 }
