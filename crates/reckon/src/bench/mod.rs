@@ -175,6 +175,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 /// Runs the disk probe in `dir`, if there is one, and prints it.
 async fn probe_disk(dir: Option<&std::path::Path>, when: &str) -> Result<Option<disk::FsyncProbe>> {
     let Some(dir) = dir.map(|d| d.to_owned()) else {
+        if when == "before" {
+            println!("disk: not probed (no SQLite file of its own; --fsync-probe-dir names a directory on the database's disk)");
+        }
         return Ok(None);
     };
     let probe = tokio::task::spawn_blocking(move || disk::probe(&dir))
