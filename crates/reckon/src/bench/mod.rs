@@ -12,9 +12,12 @@
 //! operation), `mixed` (60 % usage, 30 % check, 10 % lock-settle).
 //!
 //! Around the scenarios it probes the disk under the database (`disk.rs`),
-//! since on a VM that moves the durable figures more than any code change.
+//! and during each it records where the machine's CPU time went
+//! (`machine.rs`): on a VM those move the figures more than most code
+//! changes do.
 
 mod disk;
+mod machine;
 mod report;
 mod server;
 mod worker;

@@ -1,6 +1,7 @@
 //! Printing and saving results.
 
 use super::disk::FsyncProbe;
+use super::machine::MachineShare;
 use super::BenchArgs;
 use anyhow::Result;
 use serde::Serialize;
@@ -24,6 +25,8 @@ pub struct ScenarioResult {
     pub max_us: u64,
     /// Failed requests by HTTP status (or "connection").
     pub errors: BTreeMap<String, u64>,
+    /// The whole machine's CPU over the measured window (Linux).
+    pub machine: Option<MachineShare>,
 }
 
 pub fn print(r: &ScenarioResult) {
@@ -45,6 +48,9 @@ pub fn print(r: &ScenarioResult) {
         us(r.max_us),
         r.errors
     );
+    if let Some(m) = r.machine {
+        println!("{:<12} {m}", "");
+    }
 }
 
 fn us(v: u64) -> String {

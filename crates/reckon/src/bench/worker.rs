@@ -1,5 +1,6 @@
 //! The load itself: one task per connection, closed or open loop.
 
+use super::machine;
 use super::report::ScenarioResult;
 use super::server::{Endpoint, Target};
 use super::Scenario;
@@ -99,6 +100,13 @@ pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioRe
     } else {
         ticks.resize_with(config.connections, || None);
     }
+    // The machine's CPU over exactly the measured window.
+    let machine = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let before = machine::ticks()?;
+        tokio::time::sleep_until(end.into()).await;
+        machine::share(before, machine::ticks()?)
+    });
     let mut tasks = Vec::new();
     for (i, mut tick) in ticks.into_iter().enumerate() {
         let target = server.endpoints[i % server.endpoints.len()].clone();
@@ -195,6 +203,7 @@ pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioRe
         p999_us: h.value_at_quantile(0.999),
         max_us: h.max(),
         errors: total.errors,
+        machine: machine.await?,
     })
 }
 
