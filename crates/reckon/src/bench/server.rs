@@ -5,9 +5,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use reckon_server::config::Database;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 /// Key the spawned server is started with.
@@ -103,13 +104,14 @@ impl Target {
             Some(d) => d.to_owned(),
             None => format!("sqlite:{}", dir.path().join("bench.db").display()),
         };
-        let database_dir =
-            database
-                .strip_prefix("sqlite:")
-                .map(|path| match Path::new(path).parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-                    _ => PathBuf::from("."),
-                });
+        // Parsed as `serve` will parse it (`sqlite:`, `sqlite://`, a bare path).
+        let database_dir = match Database::parse(&database) {
+            Ok(Database::Sqlite(path)) => Some(match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            }),
+            _ => None,
+        };
         let mut child = Command::new(std::env::current_exe()?)
             .args(["serve", "--listen", "127.0.0.1:0", "--database", &database])
             .env("RECKON_ADMIN_KEY", SPAWNED_ADMIN_KEY)
