@@ -60,7 +60,11 @@ const PAGE_SIZE_BYTES: i64 = 1024;
 /// cache to drop pages past the end of the file (`pcache1TruncateUnsafe`).
 /// With 16 MiB that scan was ~19 % of the writer's time in `lock-settle`;
 /// 4 MiB measured ~9 % less writer CPU there, and no loss at 1M accounts.
-const WRITER_CACHE_KIB: i64 = 4 * 1024;
+/// 1 MiB took the scan from ~8.5 % to ~2.4 % of the writer's samples
+/// (`lock-settle`), with `batch` higher in four of four alternating pairs
+/// and the million-account `usage` within noise: the hot pages besides
+/// accounts are few, and missed ones come from the OS page cache.
+const WRITER_CACHE_KIB: i64 = 1024;
 /// Pages the writer's cache may grow to within a transaction before SQLite
 /// spills dirty pages to the WAL mid-batch (`PRAGMA cache_spill`): more than
 /// a batch of `BATCH_REQUESTS_MAX` requests dirties (a lock on a random
