@@ -27,6 +27,7 @@
 use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::native::holds::ttl_secs;
+use crate::wire::IdempotencyHeader;
 use crate::AppState;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
@@ -168,7 +169,7 @@ async fn lock_by_credential(
     auth: Result<ServiceAuth, ApiError>,
     State(state): State<AppState>,
     Path(kind): Path<String>,
-    headers: axum::http::HeaderMap,
+    idempotency: IdempotencyHeader,
     NilJson(body): NilJson<LockBody>,
 ) -> NilResult<Json<Value>> {
     authorised(auth)?;
@@ -183,19 +184,19 @@ async fn lock_by_credential(
         }
     };
     let account = account_of_credential(&state, &body.credential, public).await?;
-    lock(&state, account, &body.amount, &headers).await
+    lock(&state, account, &body.amount, &idempotency).await
 }
 
 async fn funds_lock(
     auth: Result<ServiceAuth, ApiError>,
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
+    idempotency: IdempotencyHeader,
     NilJson(body): NilJson<FundsLockBody>,
 ) -> NilResult<Json<Value>> {
     authorised(auth)?;
     let account = AccountId::parse(&body.user_id)
         .map_err(|_| NilError::new(StatusCode::NOT_FOUND, "user not found"))?;
-    lock(&state, account, &body.amount, &headers).await
+    lock(&state, account, &body.amount, &idempotency).await
 }
 
 async fn account_of_credential(
@@ -224,7 +225,7 @@ async fn lock(
     state: &AppState,
     account: AccountId,
     amount_value: &Value,
-    headers: &axum::http::HeaderMap,
+    idempotency: &IdempotencyHeader,
 ) -> NilResult<Json<Value>> {
     let amount = amount(amount_value, "amount", Rounding::Up)?;
     let command = Command::Lock(LockCmd {
@@ -233,7 +234,7 @@ async fn lock(
         amount,
         ttl_secs: ttl_secs(state, None)?,
     });
-    let idempotency_key = crate::wire::idempotency_key(headers, None)?;
+    let idempotency_key = crate::wire::idempotency_key(idempotency, None)?;
     let executed = state
         .store
         .submit(LedgerRequest {

@@ -3,10 +3,10 @@
 use crate::auth::{AdminAuth, ServiceAuth};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::views::AccountView;
-use crate::wire::{self, JsonBody, QueryParams};
+use crate::wire::{self, IdempotencyHeader, JsonBody, QueryParams};
 use crate::{with_replay_flag, AppState};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -70,7 +70,7 @@ fn timezone(text: &str) -> ApiResult<String> {
 pub async fn create_account(
     _: AdminAuth,
     State(state): State<AppState>,
-    headers: HeaderMap,
+    idempotency: IdempotencyHeader,
     JsonBody(body): JsonBody<CreateAccountBody>,
 ) -> ApiResult<Response> {
     let command = CreateAccount {
@@ -97,7 +97,7 @@ pub async fn create_account(
     };
     let request = Request {
         command: Command::CreateAccount(command),
-        idempotency_key: wire::idempotency_key(&headers, body.idempotency_key.as_deref())?,
+        idempotency_key: wire::idempotency_key(&idempotency, body.idempotency_key.as_deref())?,
         attributes: None,
     };
     let executed = state.execute(request).await?;
@@ -160,7 +160,7 @@ pub async fn update_account(
     _: AdminAuth,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    idempotency: IdempotencyHeader,
     JsonBody(body): JsonBody<UpdateAccountBody>,
 ) -> ApiResult<Response> {
     let id = wire::account_id(&id)?;
@@ -188,7 +188,7 @@ pub async fn update_account(
     };
     let request = Request {
         command: Command::UpdateAccount(command),
-        idempotency_key: wire::idempotency_key(&headers, body.idempotency_key.as_deref())?,
+        idempotency_key: wire::idempotency_key(&idempotency, body.idempotency_key.as_deref())?,
         attributes: None,
     };
     let executed = state.execute(request).await?;

@@ -3,10 +3,10 @@
 use crate::auth::AdminAuth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::views::{BalanceView, GrantView};
-use crate::wire::{self, JsonBody};
+use crate::wire::{self, IdempotencyHeader, JsonBody};
 use crate::{with_replay_flag, AppState};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -54,7 +54,7 @@ pub async fn create_grant(
     _: AdminAuth,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    idempotency: IdempotencyHeader,
     JsonBody(body): JsonBody<GrantBody>,
 ) -> ApiResult<Response> {
     let expiry = match (&body.expires_at, body.valid_for_secs) {
@@ -88,7 +88,7 @@ pub async fn create_grant(
     };
     let request = Request {
         command: Command::Grant(command),
-        idempotency_key: wire::idempotency_key(&headers, body.idempotency_key.as_deref())?,
+        idempotency_key: wire::idempotency_key(&idempotency, body.idempotency_key.as_deref())?,
         attributes: None,
     };
     let executed = state.execute(request).await?;

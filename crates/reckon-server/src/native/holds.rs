@@ -4,11 +4,11 @@
 use crate::auth::ServiceAuth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::views::{BalanceView, HoldView};
-use crate::wire::{self, JsonBody, QueryParams};
+use crate::wire::{self, IdempotencyHeader, JsonBody, QueryParams};
 use crate::{with_replay_flag, AppState};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -87,7 +87,7 @@ pub fn ttl_secs(state: &AppState, asked: Option<u64>) -> ApiResult<u64> {
 pub async fn lock(
     _: ServiceAuth,
     State(state): State<AppState>,
-    headers: HeaderMap,
+    idempotency: IdempotencyHeader,
     JsonBody(body): JsonBody<LockBody>,
 ) -> ApiResult<Response> {
     let command = LockCmd {
@@ -98,7 +98,7 @@ pub async fn lock(
     };
     let request = Request {
         command: Command::Lock(command),
-        idempotency_key: wire::idempotency_key(&headers, body.idempotency_key.as_deref())?,
+        idempotency_key: wire::idempotency_key(&idempotency, body.idempotency_key.as_deref())?,
         attributes: wire::attributes(body.attributes.as_ref())?,
     };
     let executed = state.execute(request).await?;
@@ -139,12 +139,12 @@ pub async fn settle(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    idempotency: IdempotencyHeader,
     JsonBody(body): JsonBody<SettleBody>,
 ) -> ApiResult<Response> {
     let amount = wire::amount(&body.amount, "amount")?;
     let overage = wire::overage_policy(body.overage.as_deref(), "overage")?;
-    let key = wire::idempotency_key(&headers, body.idempotency_key.as_deref())?;
+    let key = wire::idempotency_key(&idempotency, body.idempotency_key.as_deref())?;
     let attributes = wire::attributes(body.attributes.as_ref())?;
     let account = hold_account(&state, &id).await?;
     let command = Command::Settle(SettleCmd {
@@ -181,7 +181,7 @@ pub async fn release(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    idempotency: IdempotencyHeader,
     body: Bytes,
 ) -> ApiResult<Response> {
     let body: ReleaseBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -190,7 +190,7 @@ pub async fn release(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::invalid("invalid_json", e.to_string()))?
     };
-    let key = wire::idempotency_key(&headers, body.idempotency_key.as_deref())?;
+    let key = wire::idempotency_key(&idempotency, body.idempotency_key.as_deref())?;
     let attributes = wire::attributes(body.attributes.as_ref())?;
     let account = hold_account(&state, &id).await?;
     let command = Command::Release(ReleaseCmd {

@@ -3,10 +3,9 @@
 use crate::auth::ServiceAuth;
 use crate::error::{ApiResult, ErrorBody};
 use crate::views::BalanceView;
-use crate::wire::{self, JsonBody};
+use crate::wire::{self, IdempotencyHeader, JsonBody};
 use crate::{with_replay_flag, AppState};
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -54,7 +53,7 @@ pub async fn record_usage(
     _: ServiceAuth,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    idempotency: IdempotencyHeader,
     JsonBody(body): JsonBody<UsageBody>,
 ) -> ApiResult<Response> {
     let amount = wire::positive_amount(&body.amount, "amount")?;
@@ -63,7 +62,7 @@ pub async fn record_usage(
             account: wire::account_id(&id)?,
             amount,
         }),
-        idempotency_key: wire::idempotency_key(&headers, body.idempotency_key.as_deref())?,
+        idempotency_key: wire::idempotency_key(&idempotency, body.idempotency_key.as_deref())?,
         attributes: wire::attributes(body.attributes.as_ref())?,
     };
     let executed = state.execute(request).await?;
