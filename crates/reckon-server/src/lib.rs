@@ -52,16 +52,35 @@ pub struct Limits {
     pub hold_ttl_max_secs: u64,
 }
 
-/// What every handler can reach.
+/// What every handler can reach, behind one `Arc`: axum clones the state
+/// for every request (the route's service and each `State` extractor), and
+/// with one `Arc` per field each clone and drop was four atomic operations
+/// instead of one (cloning and dropping the state with tower's `clone_box`
+/// went from ~3.3 % to ~2.4 % of the HTTP workers' samples in `usage`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The fields of [`AppState`].
+pub struct Shared {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
-    pub keys: Arc<Keys>,
-    pub limits: Arc<Limits>,
+    pub keys: Keys,
+    pub limits: Limits,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }

@@ -4,7 +4,7 @@
 
 use crate::config::{Config, Database};
 use crate::scheduler::{self, SchedulerConfig};
-use crate::{router, AppState, Keys, Limits};
+use crate::{router, AppState, Keys, Limits, Shared};
 use reckon_store::{Clock, PostgresStore, SqliteStore, Store};
 use std::future::Future;
 use std::sync::Arc;
@@ -69,15 +69,15 @@ pub async fn run(
             "Keep it safe; only its hash is stored. Set RECKON_ADMIN_KEY to use your own instead."
         );
     }
-    let state = AppState {
+    let state = AppState::new(Shared {
         store: store.clone(),
         clock: clock.clone(),
-        keys: Arc::new(keys),
-        limits: Arc::new(Limits {
+        keys,
+        limits: Limits {
             hold_ttl_default_secs: config.hold_ttl_default_secs,
             hold_ttl_max_secs: config.hold_ttl_max_secs,
-        }),
-    };
+        },
+    });
     let app = router(state, &config.cors_origins);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(scheduler::run(
