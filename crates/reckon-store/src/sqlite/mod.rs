@@ -316,7 +316,11 @@ fn writer_loop(
             Job::Maintain(f) => {
                 let answer = f(&mut conn);
                 // It may have appended events (credential changes), which
-                // moves chain heads the cache holds.
+                // moves chain heads the cache holds. Most jobs do not (the
+                // scheduler's idempotency purge, every few seconds), but
+                // keeping the cache across those measured slower at a
+                // million accounts, not faster (ARCHITECTURE.md,
+                // "Performance"), so every job clears it.
                 cache.clear();
                 durability.answer_when_durable(answer, true);
                 continue;
