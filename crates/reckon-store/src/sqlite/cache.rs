@@ -12,7 +12,8 @@
 //!
 //! The cache is bounded ([`CACHE_ACCOUNTS_MAX`]); when full it evicts
 //! arbitrary entries (cheap, and fair for any access pattern that does not
-//! fit anyway). A miss costs three indexed reads.
+//! fit anyway). A miss costs two indexed reads (the account's row, then its
+//! open holds).
 //!
 //! Each entry also keeps the account's newest event `seq` (the head of its
 //! event chain, see `rows::append_events`), which the next batch's first
@@ -22,8 +23,11 @@
 use crate::executor::IdMap;
 use reckon_core::{AccountId, AccountState, HoldStatus};
 
-/// Accounts kept in memory. About 0.5 KB each with a grant or two, so the
-/// cache stays well under 100 MB however many accounts the file holds.
+/// Accounts kept in memory. About 1.2 KB each with a grant (measured at a
+/// million accounts: the entry, the table's slack and each string's own
+/// allocation), so ~120 MB when full, however many accounts the file holds.
+/// At a million accounts a 10,000 cap was slower, and every account cached
+/// was faster but took ~1.2 GB (ARCHITECTURE.md, "Performance").
 pub const CACHE_ACCOUNTS_MAX: usize = 100_000;
 
 /// A committed account state and the `seq` of its newest event, if any.
