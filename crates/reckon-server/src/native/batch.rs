@@ -134,7 +134,7 @@ fn parse(state: &AppState, scope: Scope, raw: Value) -> ApiResult<Parsed> {
     let key = op
         .idempotency_key
         .as_deref()
-        .map(|k| wire::idempotency_key(&Default::default(), Some(k)))
+        .map(|k| wire::idempotency_key(&wire::IdempotencyHeader::default(), Some(k)))
         .transpose()?
         .flatten();
     let attributes = wire::attributes(op.attributes.as_ref())?;
