@@ -116,9 +116,10 @@ fn sync(wal: &Path, file: &mut Option<(File, u64)>) -> std::io::Result<()> {
 /// time that was read makes the next write stamp a fine-grained time, which
 /// always differs: every write then dirtied the WAL's inode, and on ext4
 /// without a journal (this project's VM) every `fdatasync` wrote the inode
-/// block as well. Measured 2026-12-04 under `usage`: ~1,450 inode writes a
-/// second with `stat`, ~230 (one per clock tick) without; `fdatasync`
-/// 0.31 ms on average against 0.35.
+/// block as well. Measured 2026-12-04 under `usage`, over one second: with
+/// `stat` the inode was dirtied 1,165 times for 1,164 syncs, with this 343
+/// times (about once per clock tick) for 1,392; `fdatasync` took 0.25-0.27
+/// ms on average against 0.28-0.34 (ARCHITECTURE.md, "Performance").
 #[cfg(target_os = "linux")]
 fn inode_of(path: &Path) -> std::io::Result<u64> {
     use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
