@@ -125,9 +125,11 @@ fn inode_of(path: &Path) -> std::io::Result<u64> {
     use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
     match statx(CWD, path, AtFlags::empty(), StatxFlags::INO) {
         Ok(s) => Ok(s.stx_ino),
-        // Kernels before 4.11, and sandboxes that filter the call.
-        Err(rustix::io::Errno::NOSYS) => Ok(std::fs::metadata(path)?.ino()),
-        Err(e) => Err(e.into()),
+        // Any failure goes the old way, which also gives the error: kernels
+        // before 4.11 have no statx, and some sandboxes refuse it with
+        // `ENOSYS` or `EPERM` (a sync that failed here would stop the
+        // server).
+        Err(_) => Ok(std::fs::metadata(path)?.ino()),
     }
 }
 
