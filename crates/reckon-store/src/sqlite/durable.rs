@@ -120,21 +120,19 @@ fn sync(wal: &Path, file: &mut Option<(File, u64)>) -> std::io::Result<()> {
 /// `stat` the inode was dirtied 1,165 times for 1,164 syncs, with this 343
 /// times (about once per clock tick) for 1,392; `fdatasync` took 0.25-0.27
 /// ms on average against 0.28-0.34 (ARCHITECTURE.md, "Performance").
-#[cfg(target_os = "linux")]
 fn inode_of(path: &Path) -> std::io::Result<u64> {
-    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
-    match statx(CWD, path, AtFlags::empty(), StatxFlags::INO) {
-        Ok(s) => Ok(s.stx_ino),
-        // Any failure goes the old way, which also gives the error: kernels
-        // before 4.11 have no statx, and some sandboxes refuse it with
-        // `ENOSYS` or `EPERM` (a sync that failed here would stop the
-        // server).
-        Err(_) => Ok(std::fs::metadata(path)?.ino()),
+    // Where statx fails (kernels before 4.11, sandboxes that refuse it with
+    // `ENOSYS` or `EPERM`), a full `stat` answers, or gives the error: a
+    // sync that failed here would stop the server.
+    #[cfg(target_os = "linux")]
+    if let Ok(s) = rustix::fs::statx(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::empty(),
+        rustix::fs::StatxFlags::INO,
+    ) {
+        return Ok(s.stx_ino);
     }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn inode_of(path: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(path)?.ino())
 }
 
