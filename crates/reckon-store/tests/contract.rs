@@ -1066,3 +1066,111 @@ async fn sqlite_wal_starts_over_under_steady_writes() {
     let (states, _store) = all(SqliteStore::open(&path, clock).unwrap()).await;
     assert_eq!(used(states), expected, "and still after reopening the file");
 }
+
+/// Every event of an account, walking its chain page by page.
+async fn all_events(store: &dyn Store, name: &str) -> Vec<StoredEvent> {
+    let mut out: Vec<StoredEvent> = Vec::new();
+    loop {
+        let before = out.last().map(|e| e.seq);
+        let page = store.events(&id(name), before, 100).await.unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// A change to an existing account appends its row to the account log,
+/// whose head the writer cleans (`sqlite/account_log.rs`). With two handles
+/// on the file (the server and the CLI) writing several times the log's
+/// slack, and credential changes appending rows outside batches: every
+/// usage counts once, every event stays on its account's chain, the log
+/// stays short, and all of it holds after reopening the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_account_log_is_cleaned_and_exact() {
+    const ACCOUNTS: usize = 400;
+    const ROUNDS: usize = 40;
+    const BATCH_A: usize = 500;
+    const BATCH_B: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
+    let a = SqliteStore::open(&path, clock.clone()).unwrap();
+    let b = SqliteStore::open(&path, clock.clone()).unwrap();
+    let name = |i: usize| format!("acct-{i}");
+    let setup = (0..ACCOUNTS)
+        .flat_map(|i| {
+            [
+                create(&name(i)),
+                grant(&name(i), 1_000_000, GrantExpiry::Never),
+            ]
+        })
+        .collect();
+    assert!(a.submit_many(setup).await.iter().all(|r| r.is_ok()));
+    let mut first_events = Vec::new();
+    for i in 0..ACCOUNTS {
+        first_events.push(all_events(&a, &name(i)).await.len());
+    }
+    let mut spent = [0usize; ACCOUNTS];
+    let mut credentials = [0usize; ACCOUNTS];
+    for round in 0..ROUNDS {
+        // A batch appends one row per account it changes. The first round
+        // changes every account; later ones only the first half, so the
+        // others' rows reach the log's head still their newest.
+        let spread = if round == 0 { ACCOUNTS } else { ACCOUNTS / 2 };
+        let mut pick = |n: usize, stride: usize| -> Vec<Request> {
+            (0..n)
+                .map(|k| {
+                    let i = (round * n + k) * stride % spread;
+                    spent[i] += 1;
+                    usage(&name(i), 1)
+                })
+                .collect()
+        };
+        let (for_a, for_b) = (pick(BATCH_A, 7919), pick(BATCH_B, 104_729));
+        let (ra, rb) = tokio::join!(a.submit_many(for_a), b.submit_many(for_b));
+        assert!(ra.iter().chain(rb.iter()).all(|r| r.is_ok()));
+        if round % 6 == 0 {
+            let i = round * 5 % ACCOUNTS;
+            let key = CredentialKey::parse(&format!("pub-{round}"), true).unwrap();
+            b.add_credential(&id(&name(i)), key, clock.now())
+                .await
+                .unwrap()
+                .unwrap();
+            credentials[i] += 1;
+        }
+    }
+    let check = |store: SqliteStore, when: &'static str| {
+        let (first_events, spent, credentials) = (first_events.clone(), spent, credentials);
+        async move {
+            for i in 0..ACCOUNTS {
+                let state = store.account(&id(&name(i))).await.unwrap().unwrap();
+                assert_eq!(
+                    state.totals.used,
+                    units(spent[i] as i64),
+                    "{when}: acct-{i}"
+                );
+                assert_eq!(
+                    all_events(&store, &name(i)).await.len(),
+                    first_events[i] + spent[i] + credentials[i],
+                    "{when}: acct-{i}'s chain"
+                );
+            }
+        }
+    };
+    check(a, "the first handle").await;
+    check(b, "the second handle").await;
+    let (rows, appended): (i64, i64) = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*), max(seq) FROM account_log", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let slack = reckon_store::sqlite::LOG_SLACK_ROWS;
+    assert!(appended > 2 * slack, "only {appended} rows appended");
+    assert!(
+        rows <= slack + (ACCOUNTS * 2 + 2 * (BATCH_A + BATCH_B)) as i64,
+        "{rows} rows in the log after {appended} appended"
+    );
+    check(SqliteStore::open(&path, clock).unwrap(), "after reopening").await;
+}

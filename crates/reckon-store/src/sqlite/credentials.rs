@@ -1,6 +1,7 @@
 //! SQL for credentials. Writes run on the writer's connection (see
 //! `SqliteStore::maintain`), each in its own transaction with its event.
 
+use super::account_log::AccountLog;
 use super::rows::{append_event_and_link, load_account};
 use crate::codec::account_id;
 use crate::credential::{Credential, CredentialKey, CredentialRefusal};
@@ -53,11 +54,12 @@ pub fn list(conn: &Connection, account: &AccountId) -> Result<Vec<Credential>, S
 /// account's balance at `now`, unchanged by the credential.
 fn event(
     conn: &Connection,
+    log: &AccountLog,
     account: &AccountId,
     kind: EventKind,
     now: Timestamp,
 ) -> Result<EventWrite, StoreError> {
-    let available = load_account(conn, account, &BTreeSet::new())?
+    let available = load_account(conn, log, account, &BTreeSet::new())?
         .map_or(Amount::ZERO, |s| s.balance_at(now).available);
     Ok(EventWrite {
         account_id: account.clone(),
@@ -76,13 +78,14 @@ fn event(
 
 pub fn add(
     conn: &mut Connection,
+    log: &AccountLog,
     account: &AccountId,
     key: &CredentialKey,
     id: String,
     now: Timestamp,
 ) -> Result<Result<Credential, CredentialRefusal>, StoreError> {
     let tx = conn.transaction()?;
-    if load_account(&tx, account, &BTreeSet::new())?.is_none() {
+    if load_account(&tx, log, account, &BTreeSet::new())?.is_none() {
         return Ok(Err(CredentialRefusal::AccountNotFound));
     }
     if let Some(existing) = find(&tx, key)? {
@@ -97,9 +100,9 @@ pub fn add(
          VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)",
         params![id, account.as_str(), key.lookup, key.public, key.display, now.millis()],
     )?;
-    let mut e = event(&tx, account, EventKind::CredentialAdded, now)?;
+    let mut e = event(&tx, log, account, EventKind::CredentialAdded, now)?;
     e.attributes = Some(serde_json::json!({"credential_id": id, "public": key.public}).to_string());
-    append_event_and_link(&tx, &e)?;
+    append_event_and_link(&tx, log, &e)?;
     let created = find(&tx, key)?
         .ok_or_else(|| StoreError::Corrupt("credential vanished after insert".into()))?;
     tx.commit()?;
@@ -108,6 +111,7 @@ pub fn add(
 
 pub fn set_active(
     conn: &mut Connection,
+    log: &AccountLog,
     account: &AccountId,
     credential_id: &str,
     active: bool,
@@ -135,9 +139,9 @@ pub fn set_active(
     } else {
         EventKind::CredentialDeactivated
     };
-    let mut e = event(&tx, account, kind, now)?;
+    let mut e = event(&tx, log, account, kind, now)?;
     e.attributes = Some(serde_json::json!({"credential_id": credential_id}).to_string());
-    append_event_and_link(&tx, &e)?;
+    append_event_and_link(&tx, log, &e)?;
     tx.commit()?;
     Ok(Some(Credential {
         active,

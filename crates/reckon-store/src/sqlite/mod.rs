@@ -14,6 +14,7 @@
 //! Reads use a small pool of separate connections; WAL lets them run while
 //! the writer writes, and they see only committed batches.
 
+mod account_log;
 mod cache;
 mod credentials;
 mod durable;
@@ -21,6 +22,7 @@ mod rows;
 mod schema;
 mod warm;
 
+pub use account_log::LOG_SLACK_ROWS;
 pub use cache::CACHE_ACCOUNTS_MAX;
 pub use warm::WARM_BYTES_MAX;
 
@@ -31,6 +33,7 @@ use crate::executor::{apply_batch, plan, BATCH_REQUESTS_MAX};
 use crate::owners::HoldOwners;
 use crate::request::{Executed, Request, StoredEvent};
 use crate::{BoxFuture, Store, PAGE_SIZE_MAX};
+use account_log::AccountLog;
 use reckon_core::{AccountId, AccountState, Hold, HoldStatus, Timestamp};
 use rusqlite::{Connection, OpenFlags};
 use std::collections::BTreeSet;
@@ -73,6 +76,11 @@ const WRITER_CACHE_KIB: i64 = 1024;
 const WRITER_SPILL_PAGES: i64 = 32 * 1024;
 /// Page cache of each read connection, in KiB.
 const READER_CACHE_KIB: i64 = 8 * 1024;
+/// Prepared statements each connection keeps (`prepare_cached`). More than
+/// the writer uses in one batch: at rusqlite's default of 16 the writer's
+/// ~21 statements evicted each other, and re-preparing them was ~13 % of its
+/// time (and, through freeing and allocating, most of its `madvise` calls).
+const STATEMENTS_CACHED: usize = 64;
 /// How often the checkpoint thread copies the WAL into the database file.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -96,6 +104,8 @@ pub struct SqliteStore {
 struct Inner {
     jobs: mpsc::Sender<Job>,
     owners: Arc<HoldOwners>,
+    /// Where each account's newest row is (see `account_log.rs`).
+    log: Arc<AccountLog>,
     /// Always holds a connection for each available permit of `read_permits`.
     readers: Mutex<Vec<Connection>>,
     read_permits: tokio::sync::Semaphore,
@@ -135,6 +145,7 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     // it, locking was ~7 % of the writer's instructions.
     let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_CACHED);
     // Only takes effect on a new, empty database (before WAL mode and the
     // first table). Small pages: a commit writes every page it dirtied to the
     // WAL, and changes to accounts spread over the file land on different
@@ -164,6 +175,7 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )?;
         schema::migrate(&mut writer)?;
+        let log = Arc::new(AccountLog::open(&writer)?);
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         writer.pragma_update(None, "cache_spill", WRITER_SPILL_PAGES)?;
@@ -205,13 +217,14 @@ impl SqliteStore {
         let writer = std::thread::Builder::new()
             .name("reckon-writer".into())
             .spawn({
-                let owners = owners.clone();
-                move || writer_loop(writer, rx, clock, wal_too_big, owners, durability)
+                let (owners, log) = (owners.clone(), log.clone());
+                move || writer_loop(writer, rx, clock, wal_too_big, owners, log, durability)
             })?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 jobs: tx,
                 owners,
+                log,
                 readers: Mutex::new(readers),
                 read_permits: tokio::sync::Semaphore::new(READ_CONNECTIONS),
                 path,
@@ -299,6 +312,7 @@ fn writer_loop(
     clock: Arc<dyn Clock>,
     wal_too_big: Arc<AtomicBool>,
     owners: Arc<HoldOwners>,
+    log: Arc<AccountLog>,
     durability: durable::Durability,
 ) {
     let mut last_now = Timestamp::EPOCH;
@@ -349,7 +363,7 @@ fn writer_loop(
         // Time never runs backwards inside the ledger, even if the wall clock does.
         last_now = last_now.max(clock.now());
         let (results, committed) = match run_batch(
-            &mut conn, &mut cache, &owners, &requests, last_now,
+            &mut conn, &mut cache, &owners, &log, &requests, last_now,
         ) {
             Ok(done) => done,
             Err(e) => {
@@ -422,6 +436,7 @@ fn run_batch(
     conn: &mut Connection,
     cache: &mut cache::Cache,
     owners: &HoldOwners,
+    log: &AccountLog,
     requests: &[Request],
     now: Timestamp,
 ) -> Result<(Vec<Result<Executed, ExecError>>, bool), StoreError> {
@@ -431,7 +446,11 @@ fn run_batch(
         tx.prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?,
     );
-    let (prefetched, mut heads) = rows::prefetch(&tx, &plan(requests), cache)?;
+    // Also inside it: every account row appended so far, by this writer's
+    // last batch, a maintenance job or another process, is in the map
+    // before any account is read.
+    log.catch_up(&tx)?;
+    let (prefetched, mut heads) = rows::prefetch(&tx, &plan(requests), cache, log)?;
     let out = apply_batch(prefetched, requests, now);
     let writes = &out.writes;
     let committed = !writes.is_empty();
@@ -440,7 +459,7 @@ fn run_batch(
         // (dropping the transaction rolls it back).
         drop(tx);
     } else {
-        rows::write_batch(&tx, writes, &mut heads)?;
+        rows::write_batch(&tx, log, writes, &mut heads)?;
         tx.commit()?;
     }
     owners.learn(&out.writes);
@@ -561,8 +580,8 @@ impl Store for SqliteStore {
     }
 
     fn account(&self, id: &AccountId) -> BoxFuture<'_, Result<Option<AccountState>, StoreError>> {
-        let id = id.clone();
-        Box::pin(self.read(move |c| rows::load_account(c, &id, &BTreeSet::new())))
+        let (id, log) = (id.clone(), self.inner.log.clone());
+        Box::pin(self.read(move |c| rows::load_account(c, &log, &id, &BTreeSet::new())))
     }
 
     fn accounts(
@@ -570,9 +589,11 @@ impl Store for SqliteStore {
         after: Option<&AccountId>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<AccountState>, StoreError>> {
-        let after = after.cloned();
+        let (after, log) = (after.cloned(), self.inner.log.clone());
         Box::pin(
-            self.read(move |c| rows::load_accounts(c, after.as_ref(), limit.min(PAGE_SIZE_MAX))),
+            self.read(move |c| {
+                rows::load_accounts(c, &log, after.as_ref(), limit.min(PAGE_SIZE_MAX))
+            }),
         )
     }
 
@@ -582,8 +603,10 @@ impl Store for SqliteStore {
         before: Option<i64>,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StoreError>> {
-        let id = id.clone();
-        Box::pin(self.read(move |c| rows::load_events(c, &id, before, limit.min(PAGE_SIZE_MAX))))
+        let (id, log) = (id.clone(), self.inner.log.clone());
+        Box::pin(
+            self.read(move |c| rows::load_events(c, &log, &id, before, limit.min(PAGE_SIZE_MAX))),
+        )
     }
 
     fn hold_accounts(
@@ -648,9 +671,9 @@ impl Store for SqliteStore {
         key: CredentialKey,
         now: Timestamp,
     ) -> BoxFuture<'_, Result<Result<Credential, CredentialRefusal>, StoreError>> {
-        let account = account.clone();
+        let (account, log) = (account.clone(), self.inner.log.clone());
         let id = crate::credential::credential_id(&key);
-        Box::pin(self.maintain(move |c| credentials::add(c, &account, &key, id, now)))
+        Box::pin(self.maintain(move |c| credentials::add(c, &log, &account, &key, id, now)))
     }
 
     fn credentials(
@@ -669,11 +692,10 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> BoxFuture<'_, Result<Option<Credential>, StoreError>> {
         let (account, credential_id) = (account.clone(), credential_id.to_owned());
-        Box::pin(
-            self.maintain(move |c| {
-                credentials::set_active(c, &account, &credential_id, active, now)
-            }),
-        )
+        let log = self.inner.log.clone();
+        Box::pin(self.maintain(move |c| {
+            credentials::set_active(c, &log, &account, &credential_id, active, now)
+        }))
     }
 
     fn find_credential(

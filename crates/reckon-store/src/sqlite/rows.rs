@@ -1,13 +1,14 @@
 //! Reading and writing core values as SQLite rows. Every SQL statement of the
 //! backend lives here or in `schema.rs`.
 
+use super::account_log::{self, AccountLog, LOG_COLUMNS};
 use super::cache::{Cache, Cached};
 use crate::codec::{
     account_id, amount, decode_allocations, decode_grants, encode_allocations, encode_grants,
 };
 use crate::error::StoreError;
 use crate::executor::{
-    next_due, AccountWrite, EventWrite, IdMap, IdempotencyRecord, Plan, Prefetched, Writes,
+    next_due, AccountWrite, EventWrite, IdMap, IdSet, IdempotencyRecord, Plan, Prefetched, Writes,
 };
 use crate::request::StoredEvent;
 use reckon_core::{
@@ -121,20 +122,23 @@ fn collect<T>(
 /// the given target holds.
 pub fn load_account(
     conn: &Connection,
+    log: &AccountLog,
     id: &AccountId,
     targets: &BTreeSet<String>,
 ) -> Result<Option<AccountState>, StoreError> {
+    log.catch_up(conn)?;
     let mut reads = AccountReads::prepare(conn)?;
-    Ok(load_account_and_head(conn, &mut reads, id, targets)?.map(|(state, _)| state))
+    Ok(load_account_and_head(conn, &mut reads, log, id, targets)?.map(|(state, _)| state))
 }
 
-/// The two statements that load an account, prepared once for many loads:
+/// The statements that load an account, prepared once for many loads:
 /// `prepare_cached` hashes the SQL text on every call, and at a million
 /// accounts, where most of a batch's accounts miss the writer's cache,
 /// doing that and formatting the text per miss cost ~2 % of the writer's
 /// samples (`perf`, 2026-12-04).
 struct AccountReads<'c> {
     account: CachedStatement<'c>,
+    logged: CachedStatement<'c>,
     open_holds: CachedStatement<'c>,
 }
 
@@ -144,6 +148,9 @@ impl<'c> AccountReads<'c> {
             account: conn.prepare_cached(&format!(
                 "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1"
             ))?,
+            logged: conn.prepare_cached(&format!(
+                "SELECT {LOG_COLUMNS} FROM account_log WHERE seq = ?1"
+            ))?,
             open_holds: conn.prepare_cached(&format!(
                 "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND status = 'held'"
             ))?,
@@ -151,19 +158,57 @@ impl<'c> AccountReads<'c> {
     }
 }
 
+/// How often [`newest_row`] looks again for a row cleaned away under it.
+const NEWEST_ROW_TRIES: usize = 4;
+
+/// An account's newest row (see `account_log`): in the log if it has one
+/// there, else in `accounts`. The map may name a row the writer has just
+/// cleaned away; the cleaner appended a newer one first, which catching up
+/// finds.
+fn newest_row(
+    conn: &Connection,
+    reads: &mut AccountReads<'_>,
+    log: &AccountLog,
+    id: &AccountId,
+) -> Result<Option<AccountRow>, StoreError> {
+    for _ in 0..NEWEST_ROW_TRIES {
+        let Some(seq) = log.newest(id) else {
+            return reads
+                .account
+                .query_row([id.as_str()], account_row)
+                .optional()?
+                .transpose();
+        };
+        if let Some(row) = reads.logged.query_row([seq], account_row).optional()? {
+            let row = row?;
+            if &row.0.id != id {
+                return Err(bad(
+                    "account log row of another account at seq",
+                    &seq.to_string(),
+                ));
+            }
+            return Ok(Some(row));
+        }
+        log.catch_up(conn)?;
+    }
+    Err(bad(
+        "account log keeps losing the newest row of",
+        id.as_str(),
+    ))
+}
+
 /// [`load_account`], plus the seq of the account's newest event.
 fn load_account_and_head(
     conn: &Connection,
     reads: &mut AccountReads<'_>,
+    log: &AccountLog,
     id: &AccountId,
     targets: &BTreeSet<String>,
 ) -> Result<Option<(AccountState, Option<i64>)>, StoreError> {
-    let row = reads
-        .account
-        .query_row([id.as_str()], account_row)
-        .optional()?;
-    let Some(row) = row else { return Ok(None) };
-    let (account, totals, next_grant_seq, grants, last_event_seq) = row?;
+    let Some(row) = newest_row(conn, reads, log, id)? else {
+        return Ok(None);
+    };
+    let (account, totals, next_grant_seq, grants, last_event_seq) = row;
     let mut holds = collect(reads.open_holds.query_map([id.as_str()], hold_row)?)?;
     for target in targets {
         if !holds.iter().any(|h| &h.id == target) {
@@ -262,6 +307,7 @@ pub fn prefetch(
     conn: &Connection,
     plan: &Plan,
     cache: &mut Cache,
+    log: &AccountLog,
 ) -> Result<(Prefetched, Heads), StoreError> {
     let mut out = Prefetched::default();
     let mut heads = Heads::default();
@@ -290,7 +336,7 @@ pub fn prefetch(
                     Some(reads) => reads,
                     None => reads.insert(AccountReads::prepare(conn)?),
                 };
-                load_account_and_head(conn, reads, id, targets)?
+                load_account_and_head(conn, reads, log, id, targets)?
             }
         };
         if let Some((state, head)) = loaded {
@@ -324,27 +370,33 @@ pub fn prefetch(
 /// Persists a batch's [`Writes`] inside the writer's transaction. Events
 /// go first: each links to its account's previous one (see
 /// [`append_events`]), and the account rows then record the new chain heads,
-/// which `heads` holds afterwards. Every statement is prepared once per
-/// batch: `prepare_cached` hashes the SQL text on each call, and per row
-/// that was about 8 % of the writer's samples in a 1,000-operation batch.
+/// which `heads` holds afterwards. Changed accounts are appended to the
+/// account log, whose head is then cleaned as needed (see `account_log`).
+/// Every statement is prepared once per batch: `prepare_cached` hashes the
+/// SQL text on each call, and per row that was about 8 % of the writer's
+/// samples in a 1,000-operation batch.
 #[inline(never)] // as `prefetch`
 pub fn write_batch(
     conn: &Connection,
+    log: &AccountLog,
     writes: &Writes,
     heads: &mut Heads,
 ) -> Result<(), StoreError> {
     append_events(conn, &writes.events, heads)?;
     let mut statements = AccountStatements {
-        update_balance: conn.prepare_cached(UPDATE_BALANCE)?,
-        update_balance_and_due: conn.prepare_cached(UPDATE_BALANCE_AND_DUE)?,
-        update: conn.prepare_cached(UPDATE_ACCOUNT)?,
+        append: conn.prepare_cached(account_log::APPEND)?,
+        set_due: conn.prepare_cached(SET_DUE)?,
         insert: conn.prepare_cached(INSERT_ACCOUNT)?,
         update_hold: conn.prepare_cached(UPDATE_HOLD)?,
         insert_hold: conn.prepare_cached(INSERT_HOLD)?,
     };
+    let mut appended = IdSet::default();
     for w in &writes.accounts {
         let head = heads.get(&w.after.account.id).copied().flatten();
         write_account(&mut statements, w, head)?;
+        if w.before.is_some() {
+            appended.insert(w.after.account.id.as_str());
+        }
     }
     if !writes.idempotency.is_empty() {
         let mut insert = conn.prepare_cached(INSERT_IDEMPOTENCY)?;
@@ -358,29 +410,12 @@ pub fn write_batch(
             ])?;
         }
     }
-    Ok(())
+    account_log::clean(conn, log, &appended)
 }
 
-/// The common case, a balance change: only the ledger columns. Binding the
-/// unchanged settings (status, metadata, ...) copied their text into SQLite
-/// on every write. `next_due` is left out when it did not change: SQLite
-/// rewrites an index entry whenever the `SET` names one of its columns, even
-/// to the same value, so naming it would dirty an `accounts_next_due` page
-/// on every usage of an account with an expiring grant (`?7` stays unused).
-const UPDATE_BALANCE: &str =
-    "UPDATE accounts SET updated_at = ?2, granted = ?3, used = ?4, expired = ?5, next_grant_seq = ?6,
-         grants = ?8, last_event_seq = ?9
-     WHERE id = ?1";
-const UPDATE_BALANCE_AND_DUE: &str =
-    "UPDATE accounts SET updated_at = ?2, granted = ?3, used = ?4, expired = ?5, next_grant_seq = ?6,
-         next_due = ?7, grants = ?8, last_event_seq = ?9
-     WHERE id = ?1";
-/// Settings changed too (rare: only an account update changes them).
-const UPDATE_ACCOUNT: &str =
-    "UPDATE accounts SET updated_at = ?2, granted = ?3, used = ?4, expired = ?5, next_grant_seq = ?6,
-         next_due = ?7, grants = ?8, last_event_seq = ?9,
-         status = ?10, expires_at = ?11, metadata = ?12, overage = ?13
-     WHERE id = ?1";
+/// `accounts.next_due` stays current for the sweeper's index. Only written
+/// when it changed: a grant, an expiry, a hold opened or resolved.
+const SET_DUE: &str = "UPDATE accounts SET next_due = ?2 WHERE id = ?1";
 const INSERT_ACCOUNT: &str =
     "INSERT INTO accounts (id, updated_at, granted, used, expired, next_grant_seq, next_due, grants, last_event_seq,
                            status, expires_at, metadata, overage, unit, timezone, created_at)
@@ -403,18 +438,16 @@ const INSERT_IDEMPOTENCY: &str =
 
 /// The statements [`write_account`] uses, prepared once per batch.
 struct AccountStatements<'c> {
-    update_balance: CachedStatement<'c>,
-    update_balance_and_due: CachedStatement<'c>,
-    update: CachedStatement<'c>,
+    append: CachedStatement<'c>,
+    set_due: CachedStatement<'c>,
     insert: CachedStatement<'c>,
     update_hold: CachedStatement<'c>,
     insert_hold: CachedStatement<'c>,
 }
 
 /// Writes an account's new state; `last_event_seq` is the head of its event
-/// chain after this batch's events. An existing account is a plain `UPDATE`
-/// of the columns that can change (cheaper than an upsert, which tries the
-/// insert first).
+/// chain after this batch's events. A new account is a row in `accounts`;
+/// an existing one's state is appended to the account log.
 fn write_account(
     statements: &mut AccountStatements,
     w: &AccountWrite,
@@ -424,54 +457,54 @@ fn write_account(
     let a = &s.account;
     let due = next_due(s);
     let grants = encode_grants(&s.grants);
-    let balance = params![
-        a.id.as_str(),
-        a.updated_at.millis(),
-        s.totals.granted.micros(),
-        s.totals.used.micros(),
-        s.totals.expired.micros(),
-        s.next_grant_seq as i64,
-        due.map(Timestamp::millis),
-        grants,
-        last_event_seq,
-    ];
-    let settings = params![
-        a.status.as_str(),
-        a.expires_at.map(Timestamp::millis),
-        a.metadata,
-        a.overage.as_str(),
-    ];
-    let bind_all = |stmt: &mut CachedStatement| -> Result<(), StoreError> {
-        for (i, value) in balance.iter().chain(settings.iter()).enumerate() {
-            stmt.raw_bind_parameter(i + 1, value)?;
-        }
-        Ok(())
-    };
     if let Some(before) = &w.before {
-        let b = &before.account;
-        let settings_same = (b.status, b.expires_at, &b.metadata, b.overage)
-            == (a.status, a.expires_at, &a.metadata, a.overage);
-        let updated = if !settings_same {
-            bind_all(&mut statements.update)?;
-            statements.update.raw_execute()?
-        } else if next_due(before) == due {
-            statements.update_balance.execute(balance)?
-        } else {
-            statements.update_balance_and_due.execute(balance)?
-        };
-        if updated != 1 {
+        statements.append.execute(params![
+            a.id.as_str(),
+            a.unit.as_str(),
+            a.status.as_str(),
+            a.expires_at.map(Timestamp::millis),
+            a.timezone,
+            a.metadata,
+            a.overage.as_str(),
+            a.created_at.millis(),
+            a.updated_at.millis(),
+            s.totals.granted.micros(),
+            s.totals.used.micros(),
+            s.totals.expired.micros(),
+            s.next_grant_seq as i64,
+            grants,
+            last_event_seq,
+        ])?;
+        if next_due(before) != due
+            && statements
+                .set_due
+                .execute(params![a.id.as_str(), due.map(Timestamp::millis)])?
+                != 1
+        {
             return Err(StoreError::Corrupt(format!(
                 "account {} vanished during a batch",
                 a.id.as_str()
             )));
         }
     } else {
-        let insert = &mut statements.insert;
-        bind_all(insert)?;
-        insert.raw_bind_parameter(14, a.unit.as_str())?;
-        insert.raw_bind_parameter(15, &a.timezone)?;
-        insert.raw_bind_parameter(16, a.created_at.millis())?;
-        insert.raw_execute()?;
+        statements.insert.execute(params![
+            a.id.as_str(),
+            a.updated_at.millis(),
+            s.totals.granted.micros(),
+            s.totals.used.micros(),
+            s.totals.expired.micros(),
+            s.next_grant_seq as i64,
+            due.map(Timestamp::millis),
+            grants,
+            last_event_seq,
+            a.status.as_str(),
+            a.expires_at.map(Timestamp::millis),
+            a.metadata,
+            a.overage.as_str(),
+            a.unit.as_str(),
+            a.timezone,
+            a.created_at.millis(),
+        ])?;
     }
     let before_holds = w.before.as_ref().map_or(&[][..], |b| &b.holds[..]);
     for h in &s.holds {
@@ -548,27 +581,53 @@ fn append_events(
 }
 
 /// Appends one event outside a ledger batch (credential changes) and moves
-/// the account's chain head to it. The writer's cache does not see this, so
-/// it is cleared after such a write.
-pub fn append_event_and_link(conn: &Connection, w: &EventWrite) -> Result<i64, StoreError> {
-    let prev: Option<i64> = conn
-        .prepare_cached("SELECT last_event_seq FROM accounts WHERE id = ?1")?
-        .query_row([w.account_id.as_str()], |r| r.get(0))
-        .optional()?
-        .flatten();
-    let mut heads = Heads::from_iter([(w.account_id.clone(), prev)]);
+/// the account's chain head to it: in its newest row, in place in
+/// `accounts` or as a copy appended to the account log. The writer's cache
+/// does not see this, so it is cleared after such a write.
+pub fn append_event_and_link(
+    conn: &Connection,
+    log: &AccountLog,
+    w: &EventWrite,
+) -> Result<i64, StoreError> {
+    log.catch_up(conn)?;
+    let id = &w.account_id;
+    let prev = newest_head(conn, log, id)?;
+    let mut heads = Heads::from_iter([(id.clone(), prev)]);
     append_events(conn, std::slice::from_ref(w), &mut heads)?;
-    let seq = heads[&w.account_id].expect("the event just appended");
-    conn.prepare_cached("UPDATE accounts SET last_event_seq = ?1 WHERE id = ?2")?
-        .execute(params![seq, w.account_id.as_str()])?;
+    let seq = heads[id].expect("the event just appended");
+    match log.newest(id) {
+        None => conn
+            .prepare_cached("UPDATE accounts SET last_event_seq = ?1 WHERE id = ?2")?
+            .execute(params![seq, id.as_str()])?,
+        Some(row) => {
+            let copy = LOG_COLUMNS.replace(", last_event_seq", "");
+            conn.prepare_cached(&format!(
+                "INSERT INTO account_log ({copy}, last_event_seq) SELECT {copy}, ?1 FROM account_log WHERE seq = ?2"
+            ))?
+            .execute(params![seq, row])?
+        }
+    };
     Ok(seq)
+}
+
+/// The seq of an account's newest event (`None` if it has none or does not
+/// exist), from its newest row.
+fn newest_head(
+    conn: &Connection,
+    log: &AccountLog,
+    id: &AccountId,
+) -> Result<Option<i64>, StoreError> {
+    let mut reads = AccountReads::prepare(conn)?;
+    Ok(newest_row(conn, &mut reads, log, id)?.and_then(|(.., head)| head))
 }
 
 pub fn load_accounts(
     conn: &Connection,
+    log: &AccountLog,
     after: Option<&AccountId>,
     limit: usize,
 ) -> Result<Vec<AccountState>, StoreError> {
+    log.catch_up(conn)?;
     let ids: Vec<String> = conn
         .prepare_cached("SELECT id FROM accounts WHERE id > ?1 ORDER BY id LIMIT ?2")?
         .query_map(
@@ -580,7 +639,9 @@ pub fn load_accounts(
     let mut reads = AccountReads::prepare(conn)?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        if let Some((s, _)) = load_account_and_head(conn, &mut reads, &account_id(&id)?, &none)? {
+        if let Some((s, _)) =
+            load_account_and_head(conn, &mut reads, log, &account_id(&id)?, &none)?
+        {
             out.push(s);
         }
     }
@@ -594,15 +655,13 @@ pub fn load_accounts(
 /// newer event of the account.
 pub fn load_events(
     conn: &Connection,
+    log: &AccountLog,
     id: &AccountId,
     before: Option<i64>,
     limit: usize,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let mut next: Option<i64> = conn
-        .prepare_cached("SELECT last_event_seq FROM accounts WHERE id = ?1")?
-        .query_row([id.as_str()], |r| r.get(0))
-        .optional()?
-        .flatten();
+    log.catch_up(conn)?;
+    let mut next = newest_head(conn, log, id)?;
     if let Some(before) = before {
         let cursor: Option<(String, Option<i64>)> = conn
             .prepare_cached("SELECT account_id, prev_seq FROM events WHERE seq = ?1")?

@@ -1,0 +1,291 @@
+//! Account state as an append-only log.
+//!
+//! `accounts` is a B-tree keyed by account id, so updating a row in place
+//! dirties the page that account happens to live on. Over a few thousand
+//! accounts those pages stay few and hot; over a million, nearly every
+//! change dirties a different page, and each one is a random write when the
+//! checkpoint copies it into the database file. Those writes, and the disk
+//! latency they add to every WAL fsync, held a million accounts to ~70 % of
+//! the `usage` throughput of a thousand (ARCHITECTURE.md, "Performance").
+//!
+//! So a change to an existing account appends the account's whole row to
+//! `account_log` instead (a rowid table: appends land on its last page),
+//! and this module keeps, in memory, where each account's newest row is:
+//! - The newest state of an account is its row in `account_log` at
+//!   [`AccountLog::newest`] if it has one, else its row in `accounts`
+//!   (written when it was created, or by a version without this log).
+//!   `accounts` stays the list of accounts, and keeps `next_due` current
+//!   for the sweeper's index; its other columns go stale once an account
+//!   is in the log.
+//! - The map is exactly "the log scanned in `seq` order, the last row per
+//!   account winning", up to `max_seq`. [`AccountLog::catch_up`] scans rows
+//!   past `max_seq`, so any connection brings it up to date with whatever
+//!   it can see, including rows another process (the CLI) appended. The
+//!   writer does so inside its write transaction before reading any
+//!   account, so it never works from a stale row; readers do so at the
+//!   start of each read.
+//! - Old rows are removed only from the log's head by [`clean`], in the
+//!   writer's transaction: a head row that is still an account's newest is
+//!   appended again first, so a deleted row always has a newer one for the
+//!   same account, which a catch-up finds. Rowids are never reused: the
+//!   newest row is never in the cleaned range.
+//! - A start scans the whole log once (`open`).
+
+use crate::error::StoreError;
+use crate::executor::IdMap;
+use reckon_core::AccountId;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension};
+use std::sync::RwLock;
+
+/// Rows the log may hold beyond one per logged account before the writer
+/// starts cleaning its head. Keeps a small log (a few hot accounts) from
+/// being cleaned on every batch.
+pub const LOG_SLACK_ROWS: i64 = 4_096;
+/// The log is cleaned once it holds more than this many rows per logged
+/// account, plus the slack. With changes spread evenly over accounts, a
+/// head row is still its account's newest with probability p where
+/// p = e^(-2(1-p)), about 20 %, so cleaning appends ~0.25 rows per change
+/// and deletes ~1.25. At 1.25 rows per account it was p = 61 % (2.6 rows
+/// appended per change), which doubled the writer's time per request at a
+/// million accounts; a longer log costs less to clean but takes longer to
+/// scan at start.
+const LOG_ROWS_PER_ACCOUNT: i64 = 2;
+/// Fewest head rows one cleaning pass looks at.
+const CLEAN_ROWS_MIN: i64 = 32;
+/// Most head rows one cleaning pass looks at, so no batch pays for a long
+/// backlog at once.
+const CLEAN_ROWS_MAX: i64 = 4_096;
+
+/// Where each logged account's newest row is; see the module docs.
+#[derive(Default)]
+pub struct AccountLog {
+    state: RwLock<State>,
+}
+
+#[derive(Default)]
+struct State {
+    newest: IdMap<Box<str>, i64>,
+    /// Every row with a smaller or equal `seq` has been applied to `newest`.
+    max_seq: i64,
+}
+
+impl AccountLog {
+    /// Builds the map by scanning the whole log.
+    pub fn open(conn: &Connection) -> Result<AccountLog, StoreError> {
+        let log = AccountLog::default();
+        log.catch_up(conn)?;
+        Ok(log)
+    }
+
+    /// The `seq` of `id`'s newest row, if the account has one in the log.
+    pub fn newest(&self, id: &AccountId) -> Option<i64> {
+        self.read().newest.get(id.as_str()).copied()
+    }
+
+    /// Applies the rows past `max_seq` that `conn` can see. Costs one index
+    /// seek when there are none.
+    pub fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
+        let after = self.read().max_seq;
+        let mut stmt =
+            conn.prepare_cached("SELECT seq, id FROM account_log WHERE seq > ?1 ORDER BY seq")?;
+        let mut rows = stmt.query([after])?;
+        let mut found: Vec<(i64, Box<str>)> = Vec::new();
+        while let Some(row) = rows.next()? {
+            found.push((row.get(0)?, row.get::<_, String>(1)?.into_boxed_str()));
+        }
+        let Some(&(last, _)) = found.last() else {
+            return Ok(());
+        };
+        let mut state = self.state.write().expect("account log lock");
+        // Another connection may have applied some of these meanwhile; a
+        // snapshot is a prefix of the log, so skipping what it did is enough.
+        let applied = state.max_seq;
+        for (seq, id) in found.into_iter().filter(|(seq, _)| *seq > applied) {
+            state.newest.insert(id, seq);
+        }
+        state.max_seq = state.max_seq.max(last);
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().expect("account log lock")
+    }
+}
+
+/// The account columns, in `rows::ACCOUNT_COLUMNS` order, that a log row
+/// holds besides its `seq` (a macro so [`APPEND`] can be built from it).
+macro_rules! log_columns {
+    () => {
+        "id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq"
+    };
+}
+pub const LOG_COLUMNS: &str = log_columns!();
+/// Appends an account's whole row, values in [`LOG_COLUMNS`] order.
+pub const APPEND: &str = concat!(
+    "INSERT INTO account_log (",
+    log_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+);
+
+/// Removes rows from the log's head inside the writer's transaction, as
+/// many as the log has beyond [`LOG_ROWS_PER_ACCOUNT`] (and the slack). A
+/// head row that is still its account's newest is appended again first.
+/// `written` are the accounts this transaction already appended (their head
+/// rows are stale even though the map, caught up at the transaction's start,
+/// does not know it yet), one row each.
+pub fn clean(
+    conn: &Connection,
+    log: &AccountLog,
+    written: &crate::executor::IdSet<&str>,
+) -> Result<(), StoreError> {
+    let Some(head) = conn
+        .prepare_cached("SELECT seq FROM account_log ORDER BY seq LIMIT 1")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .optional()?
+    else {
+        return Ok(());
+    };
+    let state = log.read();
+    let rows = state.max_seq - head + 1 + written.len() as i64;
+    let allowed = state.newest.len() as i64 * LOG_ROWS_PER_ACCOUNT + LOG_SLACK_ROWS;
+    if rows <= allowed {
+        return Ok(());
+    }
+    // Only rows the map has seen (not this transaction's), and never the
+    // newest row: the slack keeps the head far from it.
+    let budget = (rows - allowed).clamp(CLEAN_ROWS_MIN, CLEAN_ROWS_MAX);
+    let end = (head + budget - 1).min(state.max_seq - 1);
+    if end < head {
+        return Ok(());
+    }
+    // Every statement here changes one row. A statement that may change
+    // several (`DELETE ... WHERE seq <= ?`, `INSERT ... SELECT`) makes
+    // SQLite keep a statement journal inside a transaction, and allocating
+    // and freeing it (glibc trimming its heap with `madvise` on the way) was
+    // ~30 % of the writer's time at a million accounts.
+    let mut live: Vec<Vec<Value>> = Vec::new();
+    {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT seq, {LOG_COLUMNS} FROM account_log WHERE seq <= ?1"
+        ))?;
+        let mut rows = stmt.query([end])?;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let id = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+            if !written.contains(id) && state.newest.get(id) == Some(&seq) {
+                live.push((1..=15).map(|i| row.get(i)).collect::<Result<_, _>>()?);
+            }
+        }
+    }
+    let mut append = conn.prepare_cached(APPEND)?;
+    for values in live {
+        append.execute(rusqlite::params_from_iter(values))?;
+    }
+    let mut delete = conn.prepare_cached("DELETE FROM account_log WHERE seq = ?1")?;
+    for seq in head..=end {
+        delete.execute([seq])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::IdSet;
+
+    /// A log whose head row is `cold`'s only row, followed by enough rows of
+    /// `hot` to need cleaning.
+    fn log_with_cold_head() -> (Connection, AccountLog) {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let append = |id: &str, used: i64| {
+            conn.execute(
+                APPEND,
+                rusqlite::params![
+                    id,
+                    "credits",
+                    "active",
+                    None::<i64>,
+                    None::<String>,
+                    "{}",
+                    "reject",
+                    0,
+                    0,
+                    100,
+                    used,
+                    0,
+                    1,
+                    "",
+                    None::<i64>
+                ],
+            )
+            .unwrap();
+        };
+        append("cold", 1);
+        for used in 0..LOG_SLACK_ROWS + 100 {
+            append("hot", used);
+        }
+        let log = AccountLog::open(&conn).unwrap();
+        (conn, log)
+    }
+
+    fn used_in_newest(conn: &Connection, log: &AccountLog, id: &str) -> i64 {
+        let seq = log.newest(&AccountId::parse(id).unwrap()).unwrap();
+        conn.query_row("SELECT used FROM account_log WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn cleaning_keeps_a_live_head_row() {
+        let (conn, log) = log_with_cold_head();
+        clean(&conn, &log, &IdSet::default()).unwrap();
+        log.catch_up(&conn).unwrap();
+        let head: i64 = conn
+            .query_row("SELECT min(seq) FROM account_log", [], |r| r.get(0))
+            .unwrap();
+        assert!(head > 1, "the head was cleaned");
+        assert_eq!(
+            used_in_newest(&conn, &log, "cold"),
+            1,
+            "cold was appended again"
+        );
+    }
+
+    /// The batch cleaning the head already appended a newer row for the
+    /// head's account: the old row must not be appended after it.
+    #[test]
+    fn cleaning_skips_accounts_the_batch_wrote() {
+        let (conn, log) = log_with_cold_head();
+        conn.execute(
+            APPEND,
+            rusqlite::params![
+                "cold",
+                "credits",
+                "active",
+                None::<i64>,
+                None::<String>,
+                "{}",
+                "reject",
+                0,
+                0,
+                100,
+                2,
+                0,
+                1,
+                "",
+                None::<i64>
+            ],
+        )
+        .unwrap();
+        clean(&conn, &log, &IdSet::from_iter(["cold"])).unwrap();
+        log.catch_up(&conn).unwrap();
+        assert_eq!(
+            used_in_newest(&conn, &log, "cold"),
+            2,
+            "the batch's row stays the newest"
+        );
+    }
+}
