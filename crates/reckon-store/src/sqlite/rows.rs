@@ -398,6 +398,10 @@ pub fn write_batch(
             appended.insert(w.after.account.id.as_str());
         }
     }
+    // Back into the cache: `clean` prepares `APPEND` too, and a statement
+    // still checked out would be compiled again for it (~4 % of the
+    // writer's time at a million accounts).
+    drop(statements);
     if !writes.idempotency.is_empty() {
         let mut insert = conn.prepare_cached(INSERT_IDEMPOTENCY)?;
         for w in &writes.idempotency {
