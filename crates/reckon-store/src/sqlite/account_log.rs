@@ -38,9 +38,9 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
 use std::sync::RwLock;
 
-/// Rows the log may hold beyond one per logged account before the writer
-/// starts cleaning its head. Keeps a small log (a few hot accounts) from
-/// being cleaned on every batch.
+/// Rows the log may hold beyond [`LOG_ROWS_PER_ACCOUNT`] per logged account
+/// before the writer starts cleaning its head. Keeps a small log (a few hot
+/// accounts) from being cleaned on every batch.
 pub const LOG_SLACK_ROWS: i64 = 4_096;
 /// The log is cleaned once it holds more than this many rows per logged
 /// account, plus the slack. With changes spread evenly over accounts, a
@@ -115,13 +115,17 @@ impl AccountLog {
 }
 
 /// The account columns, in `rows::ACCOUNT_COLUMNS` order, that a log row
-/// holds besides its `seq` (a macro so [`APPEND`] can be built from it).
+/// holds besides its `seq` (a macro so statements can be built from it at
+/// compile time: [`APPEND`], `rows::INSERT_ACCOUNT`).
 macro_rules! log_columns {
     () => {
         "id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq"
     };
 }
+pub(crate) use log_columns;
 pub const LOG_COLUMNS: &str = log_columns!();
+/// How many columns [`LOG_COLUMNS`] names.
+const LOG_COLUMN_COUNT: usize = 15;
 /// Appends an account's whole row, values in [`LOG_COLUMNS`] order.
 pub const APPEND: &str = concat!(
     "INSERT INTO account_log (",
@@ -176,7 +180,8 @@ pub fn clean(
             let seq: i64 = row.get(0)?;
             let id = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
             if !written.contains(id) && state.newest.get(id) == Some(&seq) {
-                live.push((1..=15).map(|i| row.get(i)).collect::<Result<_, _>>()?);
+                let values = (1..=LOG_COLUMN_COUNT).map(|i| row.get(i));
+                live.push(values.collect::<Result<_, _>>()?);
             }
         }
     }
@@ -194,37 +199,28 @@ mod tests {
     use super::*;
     use crate::executor::IdSet;
 
+    #[test]
+    fn column_count_matches_the_list() {
+        assert_eq!(LOG_COLUMNS.split(',').count(), LOG_COLUMN_COUNT);
+    }
+
+    /// Appends a row for `id` with `used` as its only distinguishing value.
+    fn append(conn: &Connection, id: &str, used: i64) {
+        let (none, no_text) = (None::<i64>, None::<String>);
+        let row = rusqlite::params![
+            id, "credits", "active", none, no_text, "{}", "reject", 0, 0, 100, used, 0, 1, "", none
+        ];
+        conn.execute(APPEND, row).unwrap();
+    }
+
     /// A log whose head row is `cold`'s only row, followed by enough rows of
     /// `hot` to need cleaning.
     fn log_with_cold_head() -> (Connection, AccountLog) {
         let mut conn = Connection::open_in_memory().unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
-        let append = |id: &str, used: i64| {
-            conn.execute(
-                APPEND,
-                rusqlite::params![
-                    id,
-                    "credits",
-                    "active",
-                    None::<i64>,
-                    None::<String>,
-                    "{}",
-                    "reject",
-                    0,
-                    0,
-                    100,
-                    used,
-                    0,
-                    1,
-                    "",
-                    None::<i64>
-                ],
-            )
-            .unwrap();
-        };
-        append("cold", 1);
+        append(&conn, "cold", 1);
         for used in 0..LOG_SLACK_ROWS + 100 {
-            append("hot", used);
+            append(&conn, "hot", used);
         }
         let log = AccountLog::open(&conn).unwrap();
         (conn, log)
@@ -259,27 +255,7 @@ mod tests {
     #[test]
     fn cleaning_skips_accounts_the_batch_wrote() {
         let (conn, log) = log_with_cold_head();
-        conn.execute(
-            APPEND,
-            rusqlite::params![
-                "cold",
-                "credits",
-                "active",
-                None::<i64>,
-                None::<String>,
-                "{}",
-                "reject",
-                0,
-                0,
-                100,
-                2,
-                0,
-                1,
-                "",
-                None::<i64>
-            ],
-        )
-        .unwrap();
+        append(&conn, "cold", 2);
         clean(&conn, &log, &IdSet::from_iter(["cold"])).unwrap();
         log.catch_up(&conn).unwrap();
         assert_eq!(

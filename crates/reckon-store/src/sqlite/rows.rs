@@ -1,7 +1,7 @@
 //! Reading and writing core values as SQLite rows. Every SQL statement of the
 //! backend lives here or in `schema.rs`.
 
-use super::account_log::{self, AccountLog, LOG_COLUMNS};
+use super::account_log::{self, log_columns, AccountLog, LOG_COLUMNS};
 use super::cache::{Cache, Cached};
 use crate::codec::{
     account_id, amount, decode_allocations, decode_grants, encode_allocations, encode_grants,
@@ -420,10 +420,12 @@ pub fn write_batch(
 /// `accounts.next_due` stays current for the sweeper's index. Only written
 /// when it changed: a grant, an expiry, a hold opened or resolved.
 const SET_DUE: &str = "UPDATE accounts SET next_due = ?2 WHERE id = ?1";
-const INSERT_ACCOUNT: &str =
-    "INSERT INTO accounts (id, updated_at, granted, used, expired, next_grant_seq, next_due, grants, last_event_seq,
-                           status, expires_at, metadata, overage, unit, timezone, created_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+/// A new account: the log's columns, then `next_due`.
+const INSERT_ACCOUNT: &str = concat!(
+    "INSERT INTO accounts (",
+    log_columns!(),
+    ", next_due) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+);
 const UPDATE_HOLD: &str =
     "UPDATE holds SET status = ?2, allocations = ?3, settled_amount = ?4, resolved_at = ?5 WHERE id = ?1";
 const INSERT_HOLD: &str =
@@ -461,24 +463,25 @@ fn write_account(
     let a = &s.account;
     let due = next_due(s);
     let grants = encode_grants(&s.grants);
+    let row = params![
+        a.id.as_str(),
+        a.unit.as_str(),
+        a.status.as_str(),
+        a.expires_at.map(Timestamp::millis),
+        a.timezone,
+        a.metadata,
+        a.overage.as_str(),
+        a.created_at.millis(),
+        a.updated_at.millis(),
+        s.totals.granted.micros(),
+        s.totals.used.micros(),
+        s.totals.expired.micros(),
+        s.next_grant_seq as i64,
+        grants,
+        last_event_seq,
+    ];
     if let Some(before) = &w.before {
-        statements.append.execute(params![
-            a.id.as_str(),
-            a.unit.as_str(),
-            a.status.as_str(),
-            a.expires_at.map(Timestamp::millis),
-            a.timezone,
-            a.metadata,
-            a.overage.as_str(),
-            a.created_at.millis(),
-            a.updated_at.millis(),
-            s.totals.granted.micros(),
-            s.totals.used.micros(),
-            s.totals.expired.micros(),
-            s.next_grant_seq as i64,
-            grants,
-            last_event_seq,
-        ])?;
+        statements.append.execute(row)?;
         if next_due(before) != due
             && statements
                 .set_due
@@ -491,24 +494,12 @@ fn write_account(
             )));
         }
     } else {
-        statements.insert.execute(params![
-            a.id.as_str(),
-            a.updated_at.millis(),
-            s.totals.granted.micros(),
-            s.totals.used.micros(),
-            s.totals.expired.micros(),
-            s.next_grant_seq as i64,
-            due.map(Timestamp::millis),
-            grants,
-            last_event_seq,
-            a.status.as_str(),
-            a.expires_at.map(Timestamp::millis),
-            a.metadata,
-            a.overage.as_str(),
-            a.unit.as_str(),
-            a.timezone,
-            a.created_at.millis(),
-        ])?;
+        let insert = &mut statements.insert;
+        for (i, value) in row.iter().enumerate() {
+            insert.raw_bind_parameter(i + 1, value)?;
+        }
+        insert.raw_bind_parameter(row.len() + 1, due.map(Timestamp::millis))?;
+        insert.raw_execute()?;
     }
     let before_holds = w.before.as_ref().map_or(&[][..], |b| &b.holds[..]);
     for h in &s.holds {
