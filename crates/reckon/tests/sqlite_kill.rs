@@ -1,0 +1,150 @@
+//! Acknowledged writes survive SIGKILL while the SQLite account log is
+//! being cleaned.
+//!
+//! A real `reckon serve` takes enough usage, spread over enough accounts,
+//! that the writer appends rows to the account log and cleans its head
+//! (`sqlite/account_log.rs`): rows still an account's newest appended again,
+//! the rest deleted. The server is killed without a chance to checkpoint or
+//! close, restarted on the same file, and every account must show exactly
+//! the usage that was acknowledged.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const ADMIN: &str = "kill-admin";
+const ACCOUNTS: usize = 2_000;
+/// Operations per `/v1/batch` call; each usage batch changes half the
+/// accounts once each, so it appends 1,000 log rows.
+const OPS: usize = ACCOUNTS / 2;
+/// Enough batches to pass the log's limit (two rows per account plus
+/// `LOG_SLACK_ROWS`, ~8,100 rows here) and clean for a while.
+const USAGE_BATCHES: usize = 16;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+fn start(database: &str) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reckon"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", database])
+        .env("RECKON_ADMIN_KEY", ADMIN)
+        .env("RECKON_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start reckon serve");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    // Keeps draining, so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut base = None;
+    while base.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("reckon serve did not listen within 30 s");
+        base = line
+            .strip_prefix("reckon listening on ")
+            .map(|addr| addr.trim().to_owned());
+    }
+    Server {
+        child,
+        base: base.unwrap(),
+    }
+}
+
+fn name(i: usize) -> String {
+    format!("acct-{i}")
+}
+
+/// Runs one `/v1/batch` call and asserts every operation succeeded.
+async fn batch(client: &reqwest::Client, base: &str, ops: Vec<Value>) {
+    let resp = client
+        .post(format!("{base}/v1/batch"))
+        .header("X-Admin-Key", ADMIN)
+        .json(&json!({ "operations": ops }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    for r in body["results"].as_array().unwrap() {
+        assert_eq!(r["ok"], true, "{r}");
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_usage_survives_sigkill_while_the_log_is_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reckon.db");
+    let database = format!("sqlite:{}", path.display());
+    let client = reqwest::Client::new();
+    let server = start(&database);
+    let setup: Vec<Value> = (0..ACCOUNTS)
+        .flat_map(|i| {
+            [
+                json!({"op": "create_account", "account_id": name(i), "unit": "credits"}),
+                json!({"op": "grant", "account_id": name(i), "amount": "1000000"}),
+            ]
+        })
+        .collect();
+    for chunk in setup.chunks(OPS) {
+        batch(&client, &server.base, chunk.to_vec()).await;
+    }
+    let mut used = vec![0u64; ACCOUNTS];
+    for b in 0..USAGE_BATCHES {
+        // The first batch changes the upper half, the others the lower
+        // half: the upper half's rows reach the log's head still their
+        // accounts' newest, so cleaning appends them again.
+        let ops = (0..OPS)
+            .map(|k| {
+                let i = if b == 0 { OPS + k } else { k };
+                used[i] += 1;
+                json!({"op": "usage", "account_id": name(i), "amount": 1})
+            })
+            .collect();
+        batch(&client, &server.base, ops).await;
+    }
+    drop(server);
+
+    let (head, rows): (i64, i64) = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT min(seq), count(*) FROM account_log", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert!(head > 1, "the log's head was never cleaned ({rows} rows)");
+
+    let server = start(&database);
+    for (i, expected) in used.iter().enumerate() {
+        let account: Value = client
+            .get(format!("{}/v1/accounts/{}", server.base, name(i)))
+            .header("X-Admin-Key", ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            account["balance"]["used"],
+            expected.to_string(),
+            "{} after the restart",
+            name(i)
+        );
+    }
+}
