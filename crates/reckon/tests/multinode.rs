@@ -10,13 +10,13 @@
 //! Skipped (with the reason printed) when there is no PostgreSQL server,
 //! except under `CI=true`.
 
+mod support;
+
 use reckon_core::{AccountId, Amount, EventKind};
 use reckon_store::postgres::scratch::ScratchSchema;
 use reckon_store::{PostgresStore, Store, SystemClock};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -32,41 +32,13 @@ const OPS_PER_CLIENT: usize = 60;
 /// The victim node is killed once this many operations were acknowledged.
 const KILL_AFTER_OPS: usize = CLIENTS * OPS_PER_CLIENT / 3;
 
-struct Node {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node(url: &str) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reckon"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database", url])
-        .env("RECKON_ADMIN_KEY", ADMIN)
-        .env("RECKON_API_KEY", SERVICE)
-        .env("RECKON_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start reckon serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("reckon exited before listening")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("reckon listening on ") {
-            break addr.trim().to_owned();
-        }
-    };
-    // Keep draining stdout so the node never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Node { child, base }
+fn start_node(url: &str) -> support::Server {
+    let env = [
+        ("RECKON_ADMIN_KEY", ADMIN),
+        ("RECKON_API_KEY", SERVICE),
+        ("RECKON_LOG", "warn"),
+    ];
+    support::serve(url, &env, &[])
 }
 
 /// What the client was told about one keyed request.
@@ -124,7 +96,8 @@ async fn three_nodes_one_killed_nothing_lost_nothing_doubled() {
     let Some(schema) = ScratchSchema::for_tests("three_nodes_one_killed").await else {
         return;
     };
-    let mut nodes: Vec<Option<Node>> = (0..NODES).map(|_| Some(start_node(&schema.url))).collect();
+    let mut nodes: Vec<Option<support::Server>> =
+        (0..NODES).map(|_| Some(start_node(&schema.url))).collect();
     let cluster = Arc::new(Cluster {
         bases: nodes
             .iter()
@@ -242,9 +215,7 @@ async fn three_nodes_one_killed_nothing_lost_nothing_doubled() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let mut victim = nodes[NODES - 1].take().unwrap();
-    victim.child.kill().unwrap(); // SIGKILL
-    victim.child.wait().unwrap();
+    drop(nodes[NODES - 1].take()); // SIGKILL
     for c in clients {
         c.await.unwrap();
     }

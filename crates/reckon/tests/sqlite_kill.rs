@@ -8,11 +8,9 @@
 //! close, restarted on the same file, and every account must show exactly
 //! the usage that was acknowledged.
 
+mod support;
+
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 const ADMIN: &str = "kill-admin";
 const ACCOUNTS: usize = 2_000;
@@ -23,48 +21,9 @@ const OPS: usize = ACCOUNTS / 2;
 /// `LOG_SLACK_ROWS`, ~8,100 rows here) and clean for a while.
 const USAGE_BATCHES: usize = 16;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-fn start(database: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reckon"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database", database])
-        .env("RECKON_ADMIN_KEY", ADMIN)
-        .env("RECKON_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start reckon serve");
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    // Keeps draining, so the server never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut base = None;
-    while base.is_none() {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("reckon serve did not listen within 30 s");
-        base = line
-            .strip_prefix("reckon listening on ")
-            .map(|addr| addr.trim().to_owned());
-    }
-    Server {
-        child,
-        base: base.unwrap(),
-    }
+fn start(database: &str) -> support::Server {
+    let env = [("RECKON_ADMIN_KEY", ADMIN), ("RECKON_LOG", "warn")];
+    support::serve(database, &env, &[])
 }
 
 fn name(i: usize) -> String {

@@ -12,63 +12,15 @@
 //! (`sqlite/warm.rs`), this process opens and closes the database, and the
 //! server's writes must still be in the file after it is killed.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod support;
 
 const ADMIN: &str = "locks-admin";
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `reckon serve` and returns once it listens and has read its file
 /// into the page cache (the step that opens the file outside SQLite).
-fn start(database: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reckon"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database", database])
-        .env("RECKON_ADMIN_KEY", ADMIN)
-        .env("RECKON_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start reckon serve");
-    let (lines, seen) = mpsc::channel();
-    for out in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let lines = lines.clone();
-        // Keeps draining, so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-    }
-    let (mut base, mut warmed) = (None, false);
-    while base.is_none() || !warmed {
-        let line = seen
-            .recv_timeout(Duration::from_secs(30))
-            .expect("reckon serve did not listen and warm its file within 30 s");
-        if let Some(addr) = line.strip_prefix("reckon listening on ") {
-            base = Some(addr.trim().to_owned());
-        }
-        warmed |= line.contains("into the OS page cache");
-    }
-    Server {
-        child,
-        base: base.unwrap(),
-    }
+fn start(database: &str) -> support::Server {
+    let env = [("RECKON_ADMIN_KEY", ADMIN), ("RECKON_LOG", "info")];
+    support::serve(database, &env, &["into the OS page cache"])
 }
 
 async fn create_account(client: &reqwest::Client, base: &str, id: &str) {
