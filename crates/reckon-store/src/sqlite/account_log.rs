@@ -83,16 +83,15 @@ impl AccountLog {
         self.read().newest.get(id.as_str()).copied()
     }
 
-    /// Applies the rows past `max_seq` that `conn` can see. Costs one index
-    /// seek when there are none, and then takes no write lock. Rows are
-    /// applied as they are read, and an id already in the map is not
-    /// allocated again: at start the log holds up to two rows per account.
+    /// Applies the rows past `max_seq` that `conn` can see: one index seek
+    /// when there are none, under the write lock (asking first whether there
+    /// are any cost the writer, which always finds its last batch's rows, a
+    /// second statement per batch). Rows are applied as they are read, and
+    /// an id already in the map is not allocated again: at start the log
+    /// holds up to two rows per account.
     pub fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
         let mut stmt =
             conn.prepare_cached("SELECT seq, id FROM account_log WHERE seq > ?1 ORDER BY seq")?;
-        if !stmt.exists([self.read().max_seq])? {
-            return Ok(());
-        }
         let mut state = self.state.write().expect("account log lock");
         let mut rows = stmt.query([state.max_seq])?;
         while let Some(row) = rows.next()? {
@@ -170,24 +169,30 @@ pub fn clean(
     // (glibc trimming its heap with `madvise` on the way) was ~30 % of the
     // writer's time at a million accounts. A `DELETE` needs none (no
     // triggers or foreign keys here), so the head goes in one statement.
-    let mut live: Vec<Vec<Value>> = Vec::new();
+    // Only the live rows' columns are read: most head rows are dead.
+    let mut live: Vec<i64> = Vec::new();
     {
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT seq, {LOG_COLUMNS} FROM account_log WHERE seq <= ?1"
-        ))?;
+        let mut stmt = conn.prepare_cached("SELECT seq, id FROM account_log WHERE seq <= ?1")?;
         let mut rows = stmt.query([end])?;
         while let Some(row) = rows.next()? {
             let seq: i64 = row.get(0)?;
             let id = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
             if !written.contains(id) && state.newest.get(id) == Some(&seq) {
-                let values = (1..=LOG_COLUMN_COUNT).map(|i| row.get(i));
-                live.push(values.collect::<Result<_, _>>()?);
+                live.push(seq);
             }
         }
     }
-    let mut append = conn.prepare_cached(APPEND)?;
-    for values in live {
-        append.execute(rusqlite::params_from_iter(values))?;
+    if !live.is_empty() {
+        let mut read = conn.prepare_cached(&format!(
+            "SELECT {LOG_COLUMNS} FROM account_log WHERE seq = ?1"
+        ))?;
+        let mut append = conn.prepare_cached(APPEND)?;
+        for seq in live {
+            let values: Vec<Value> = read.query_row([seq], |row| {
+                (0..LOG_COLUMN_COUNT).map(|i| row.get(i)).collect()
+            })?;
+            append.execute(rusqlite::params_from_iter(values))?;
+        }
     }
     conn.prepare_cached("DELETE FROM account_log WHERE seq <= ?1")?
         .execute([end])?;
