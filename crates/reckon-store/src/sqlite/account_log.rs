@@ -182,21 +182,48 @@ pub fn clean(
             }
         }
     }
-    if !live.is_empty() {
-        let mut read = conn.prepare_cached(&format!(
-            "SELECT {LOG_COLUMNS} FROM account_log WHERE seq = ?1"
-        ))?;
-        let mut append = conn.prepare_cached(APPEND)?;
-        for seq in live {
-            let values: Vec<Value> = read.query_row([seq], |row| {
-                (0..LOG_COLUMN_COUNT).map(|i| row.get(i)).collect()
-            })?;
-            append.execute(rusqlite::params_from_iter(values))?;
-        }
+    for seq in live {
+        append_copy(conn, seq, |_| {})?;
     }
     conn.prepare_cached("DELETE FROM account_log WHERE seq <= ?1")?
         .execute([end])?;
     Ok(())
+}
+
+/// Where `last_event_seq` is among [`LOG_COLUMNS`].
+const LAST_EVENT_SEQ_COLUMN: usize = LOG_COLUMN_COUNT - 1;
+
+/// Appends a copy of the log row at `seq`, its values (in [`LOG_COLUMNS`]
+/// order) changed by `edit` first. Read out and appended as values, not by
+/// `INSERT ... SELECT`: see the statement journal in [`clean`].
+fn append_copy(
+    conn: &Connection,
+    seq: i64,
+    edit: impl FnOnce(&mut [Value]),
+) -> Result<(), StoreError> {
+    let mut values: Vec<Value> = conn
+        .prepare_cached(&format!(
+            "SELECT {LOG_COLUMNS} FROM account_log WHERE seq = ?1"
+        ))?
+        .query_row([seq], |row| {
+            (0..LOG_COLUMN_COUNT).map(|i| row.get(i)).collect()
+        })?;
+    edit(&mut values);
+    conn.prepare_cached(APPEND)?
+        .execute(rusqlite::params_from_iter(values))?;
+    Ok(())
+}
+
+/// Appends a copy of the log row at `seq` whose event chain head is
+/// `last_event_seq` (an event appended outside a ledger batch).
+pub fn append_with_head(
+    conn: &Connection,
+    seq: i64,
+    last_event_seq: i64,
+) -> Result<(), StoreError> {
+    append_copy(conn, seq, |values| {
+        values[LAST_EVENT_SEQ_COLUMN] = Value::Integer(last_event_seq)
+    })
 }
 
 #[cfg(test)]
@@ -206,7 +233,9 @@ mod tests {
 
     #[test]
     fn column_count_matches_the_list() {
-        assert_eq!(LOG_COLUMNS.split(',').count(), LOG_COLUMN_COUNT);
+        let columns: Vec<&str> = LOG_COLUMNS.split(", ").collect();
+        assert_eq!(columns.len(), LOG_COLUMN_COUNT);
+        assert_eq!(columns[LAST_EVENT_SEQ_COLUMN], "last_event_seq");
     }
 
     /// Appends a row for `id` with `used` as its only distinguishing value.

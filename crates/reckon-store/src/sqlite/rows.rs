@@ -591,17 +591,12 @@ pub fn append_event_and_link(
     append_events(conn, std::slice::from_ref(w), &mut heads)?;
     let seq = heads[id].expect("the event just appended");
     match log.newest(id) {
-        None => conn
-            .prepare_cached("UPDATE accounts SET last_event_seq = ?1 WHERE id = ?2")?
-            .execute(params![seq, id.as_str()])?,
-        Some(row) => {
-            let copy = LOG_COLUMNS.replace(", last_event_seq", "");
-            conn.prepare_cached(&format!(
-                "INSERT INTO account_log ({copy}, last_event_seq) SELECT {copy}, ?1 FROM account_log WHERE seq = ?2"
-            ))?
-            .execute(params![seq, row])?
+        None => {
+            conn.prepare_cached("UPDATE accounts SET last_event_seq = ?1 WHERE id = ?2")?
+                .execute(params![seq, id.as_str()])?;
         }
-    };
+        Some(row) => account_log::append_with_head(conn, row, seq)?,
+    }
     Ok(seq)
 }
 
