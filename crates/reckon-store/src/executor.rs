@@ -14,7 +14,7 @@
 
 use crate::error::ExecError;
 use crate::request::{Executed, Request};
-use reckon_core::{apply, AccountId, AccountState, Event, Outcome, Timestamp};
+use reckon_core::{apply, AccountId, AccountState, Command, Event, Outcome, Timestamp};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// A hash map on the writer's path, keyed by account id. foldhash instead
@@ -112,11 +112,20 @@ pub struct Writes {
     pub accounts: Vec<AccountWrite>,
     pub events: Vec<EventWrite>,
     pub idempotency: Vec<IdempotencyWrite>,
+    /// Accounts a sweep visited, with their [`next_due`] after the batch, in
+    /// id order. The backend stores it whether or not the sweep changed
+    /// anything: a stored value may be older than the formula (before the
+    /// `holds_expiring` index it counted open holds), and one left in the
+    /// past would bring the sweeper back to the account on every pass.
+    pub swept_due: Vec<(AccountId, Option<Timestamp>)>,
 }
 
 impl Writes {
     pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty() && self.events.is_empty() && self.idempotency.is_empty()
+        self.accounts.is_empty()
+            && self.events.is_empty()
+            && self.idempotency.is_empty()
+            && self.swept_due.is_empty()
     }
 }
 
@@ -138,6 +147,7 @@ pub fn apply_batch(
     now: Timestamp,
 ) -> BatchOutput {
     let mut before: IdMap<AccountId, Option<AccountState>> = IdMap::default();
+    let mut swept: IdSet<AccountId> = IdSet::default();
     let mut writes = Writes::default();
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
@@ -161,7 +171,11 @@ pub fn apply_batch(
             }
         }
         let state = prefetched.accounts.get(id);
-        match apply(state, &request.command, now) {
+        let applied = apply(state, &request.command, now);
+        if applied.is_ok() && matches!(request.command, Command::Sweep { .. }) {
+            swept.insert(id.clone());
+        }
+        match applied {
             Err(rejection) => results.push(Err(ExecError::Rejected(rejection))),
             // Every state change produces an event, so a command with none
             // (a check, a sweep with nothing due) has nothing to write.
@@ -209,6 +223,23 @@ pub fn apply_batch(
             .expect("every changed account is in the prefetched map");
         writes.accounts.push(AccountWrite { before, after });
     }
+    let mut swept: Vec<AccountId> = swept.into_iter().collect();
+    swept.sort_unstable();
+    for id in swept {
+        let state = match prefetched.accounts.get(&id) {
+            Some(unchanged) => unchanged,
+            None => {
+                &writes
+                    .accounts
+                    .iter()
+                    .find(|w| w.after.account.id == id)
+                    .expect("a swept account is unchanged or written")
+                    .after
+            }
+        };
+        let due = next_due(state);
+        writes.swept_due.push((id, due));
+    }
     // A stable write order keeps row locks on shared backends in one order
     // too. Sorted by index, then moved once: an `AccountWrite` holds two
     // account states, and moving them through the sort cost ~3 % of the
@@ -230,15 +261,13 @@ pub fn apply_batch(
     }
 }
 
-/// The earliest instant at which an account next needs the sweeper: its
-/// first grant or open-hold expiry. Stored so the sweeper finds due
-/// accounts with an index instead of a scan.
+/// The earliest instant at which an account next needs the sweeper for its
+/// grants: their first expiry. Stored so the sweeper finds due accounts
+/// with an index instead of a scan. Open holds are not counted: the sweeper
+/// finds expired holds through an index of open holds by expiry, so a lock
+/// or a settle does not move the account in the `next_due` index (on SQLite
+/// that was an in-place write of the account's row beside its appended
+/// state, on PostgreSQL a non-HOT update of the account).
 pub fn next_due(state: &AccountState) -> Option<Timestamp> {
-    let grants = state.grants.iter().filter_map(|g| g.expires_at);
-    let holds = state
-        .holds
-        .iter()
-        .filter(|h| h.status == reckon_core::HoldStatus::Held)
-        .map(|h| h.expires_at);
-    grants.chain(holds).min()
+    state.grants.iter().filter_map(|g| g.expires_at).min()
 }

@@ -735,6 +735,110 @@ async fn concurrent_sweeps_expire_once(h: Harness) {
     assert!(h.store.due_accounts(now, 100).await.unwrap().is_empty());
 }
 
+/// Open holds past their expiry are found by the sweeper, though they do
+/// not count in `next_due`; resolved holds are not, and a swept hold is
+/// stored as expired.
+async fn expired_holds_are_swept(h: Harness) {
+    for name in ["a", "b"] {
+        ok(&h, create(name)).await;
+        ok(&h, grant(name, 10, GrantExpiry::Never)).await;
+    }
+    ok(&h, lock("a", "ha1", 4, 30)).await;
+    ok(&h, lock("a", "ha2", 3, 30)).await;
+    ok(&h, lock("b", "hb1", 2, 60)).await;
+    ok(&h, lock("b", "hb2", 1, 10)).await;
+    ok(&h, settle("b", "hb2", 1)).await;
+    h.clock.advance_secs(29);
+    assert!(h
+        .store
+        .due_accounts(h.clock.now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    h.clock.advance_secs(1);
+    assert_eq!(
+        h.store.due_accounts(h.clock.now(), 10).await.unwrap(),
+        vec![id("a")],
+        "two expired holds, one account; b's settled hold is not due"
+    );
+    h.clock.advance_secs(30);
+    let mut due = h.store.due_accounts(h.clock.now(), 10).await.unwrap();
+    due.sort();
+    assert_eq!(due, vec![id("a"), id("b")]);
+    assert_eq!(
+        h.store.due_accounts(h.clock.now(), 1).await.unwrap().len(),
+        1
+    );
+    assert_eq!(h.store.sweep_due(h.clock.now(), 10).await.unwrap(), 2);
+    assert!(h
+        .store
+        .due_accounts(h.clock.now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    for hold in ["ha1", "ha2", "hb1"] {
+        let stored = h.store.hold(hold).await.unwrap().unwrap();
+        assert_eq!(stored.status, HoldStatus::Expired, "{hold}");
+    }
+    assert_eq!(available(&h, "a").await, units(10));
+    assert_eq!(available(&h, "b").await, units(9));
+    let expired = h
+        .store
+        .events(&id("a"), None, PAGE_SIZE_MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.kind == EventKind::HoldExpired)
+        .count();
+    assert_eq!(expired, 2);
+}
+
+/// A `next_due` stored by an older formula (which counted open holds) is
+/// early, never late: the sweeper visits the account once, finds nothing
+/// to change, and stores the value the formula gives now.
+async fn a_sweep_rewrites_a_stale_next_due(h: Harness) {
+    ok(&h, create("a")).await;
+    ok(&h, grant("a", 10, GrantExpiry::Never)).await;
+    store_next_due(&h, "a", T0 + 1_000).await;
+    h.clock.advance_secs(2);
+    assert_eq!(
+        h.store.due_accounts(h.clock.now(), 10).await.unwrap(),
+        vec![id("a")]
+    );
+    let events = event_count(&h, "a").await;
+    assert_eq!(h.store.sweep_due(h.clock.now(), 10).await.unwrap(), 1);
+    assert!(h
+        .store
+        .due_accounts(h.clock.now(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(event_count(&h, "a").await, events, "nothing to change");
+    assert_eq!(available(&h, "a").await, units(10));
+}
+
+/// Writes `accounts.next_due` behind the store's back, as an older build
+/// left it.
+async fn store_next_due(h: &Harness, account: &str, millis: i64) {
+    if let Some(dir) = &h._dir {
+        let conn = rusqlite::Connection::open(dir.path().join("ledger.db")).unwrap();
+        let sql = "UPDATE accounts SET next_due = ?2 WHERE id = ?1";
+        assert_eq!(
+            conn.execute(sql, rusqlite::params![account, millis])
+                .unwrap(),
+            1
+        );
+    } else {
+        let url = &h._schema.as_ref().unwrap().url;
+        let (c, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let sql = "UPDATE accounts SET next_due = $2 WHERE id = $1";
+        assert_eq!(c.execute(sql, &[&account, &millis]).await.unwrap(), 1);
+    }
+}
+
 /// An account's history, paged by the cursor a page hands out, holds every
 /// event of the account once, newest first, whichever path wrote it: one
 /// batch interleaving accounts, a credential change (written beside the
@@ -852,6 +956,8 @@ contract!(
     writes_of_another_handle_are_seen,
     two_handles_race_on_the_same_accounts,
     concurrent_sweeps_expire_once,
+    expired_holds_are_swept,
+    a_sweep_rewrites_a_stale_next_due,
     event_history_pages_through_every_write_path,
 );
 

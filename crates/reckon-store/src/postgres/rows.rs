@@ -325,6 +325,10 @@ const UPDATE_ACCOUNTS: &str = "UPDATE accounts a SET status = v.status, expires_
         AS v(id, status, expires_at, metadata, overage, updated_at, granted, used, expired, next_grant_seq, next_due, grants)
     WHERE a.id = v.id";
 
+/// `next_due` of swept accounts, changed or not (see `Writes::swept_due`).
+const SET_SWEPT_DUE: &str = "UPDATE accounts a SET next_due = v.next_due
+    FROM unnest($1::text[], $2::bigint[]) AS v(id, next_due) WHERE a.id = v.id";
+
 const INSERT_HOLDS: &str = "INSERT INTO holds (id, account_id, amount, status, expires_at, allocations, settled_amount, created_at, resolved_at)
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::text[], $7::bigint[],
         $8::bigint[], $9::bigint[])";
@@ -394,6 +398,13 @@ pub async fn write_and_commit(c: &impl GenericClient, w: &Writes) -> Result<(), 
         .collect();
     let r_created: Vec<i64> = records.iter().map(|r| r.created_at.millis()).collect();
 
+    let swept_id: Vec<&str> = w.swept_due.iter().map(|(id, _)| id.as_str()).collect();
+    let swept_due: Vec<Option<i64>> = w
+        .swept_due
+        .iter()
+        .map(|(_, due)| due.map(Timestamp::millis))
+        .collect();
+
     let n = &new_accounts;
     let u = &accounts;
     let nh = &new_holds;
@@ -437,6 +448,11 @@ pub async fn write_and_commit(c: &impl GenericClient, w: &Writes) -> Result<(), 
                 &u.next_due,
                 &u.grants,
             ],
+        ),
+        (
+            SET_SWEPT_DUE,
+            !swept_id.is_empty(),
+            vec![&swept_id as Param, &swept_due],
         ),
         (
             INSERT_HOLDS,
@@ -692,17 +708,14 @@ pub async fn open_holds(
     rows.iter().map(hold).collect()
 }
 
+/// Accounts with a grant due (`next_due`) or an open hold expired, at most
+/// `limit`, the longest overdue of each kind first.
 pub async fn due_accounts(
     c: &impl GenericClient,
     now: Timestamp,
     limit: usize,
 ) -> Result<Vec<AccountId>, StoreError> {
-    let rows = c.query(
-            &c.prepare_cached("SELECT id FROM accounts WHERE next_due IS NOT NULL AND next_due <= $1 ORDER BY next_due LIMIT $2").await?,
-            &[&now.millis(), &(limit as i64)],
-        )
-        .await?;
-    rows.iter().map(|r| account_id(r.try_get(0)?)).collect()
+    due(c, DUE_BY_GRANTS, DUE_BY_HOLDS, now, limit).await
 }
 
 /// Claims due accounts for this transaction: rows another node's sweep (or
@@ -713,17 +726,51 @@ pub async fn claim_due_accounts(
     now: Timestamp,
     limit: usize,
 ) -> Result<Vec<AccountId>, StoreError> {
-    let rows = c
-        .query(
-            &c.prepare_cached(
-                "SELECT id FROM accounts WHERE next_due IS NOT NULL AND next_due <= $1
-             ORDER BY next_due LIMIT $2 FOR UPDATE SKIP LOCKED",
+    due(c, CLAIM_BY_GRANTS, CLAIM_BY_HOLDS, now, limit).await
+}
+
+const DUE_BY_GRANTS: &str =
+    "SELECT id FROM accounts WHERE next_due IS NOT NULL AND next_due <= $1 ORDER BY next_due LIMIT $2";
+/// Through `holds_expiring`; an account with several expired holds may come
+/// back more than once, which `due` folds.
+const DUE_BY_HOLDS: &str =
+    "SELECT account_id FROM holds WHERE status = 'held' AND expires_at <= $1 ORDER BY expires_at LIMIT $2";
+const CLAIM_BY_GRANTS: &str =
+    "SELECT id FROM accounts WHERE next_due IS NOT NULL AND next_due <= $1
+     ORDER BY next_due LIMIT $2 FOR UPDATE SKIP LOCKED";
+/// The accounts of expired holds, locked; `SKIP LOCKED` skips only rows
+/// other transactions hold, so one claimed by the grants' query comes back.
+const CLAIM_BY_HOLDS: &str = "SELECT id FROM accounts WHERE id IN (SELECT account_id FROM holds
+     WHERE status = 'held' AND expires_at <= $1 ORDER BY expires_at LIMIT $2) FOR UPDATE SKIP LOCKED";
+
+async fn due(
+    c: &impl GenericClient,
+    by_grants: &str,
+    by_holds: &str,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<AccountId>, StoreError> {
+    let mut ids = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for sql in [by_grants, by_holds] {
+        let wanted = limit - ids.len();
+        if wanted == 0 {
+            break;
+        }
+        let rows = c
+            .query(
+                &c.prepare_cached(sql).await?,
+                &[&now.millis(), &(wanted as i64)],
             )
-            .await?,
-            &[&now.millis(), &(limit as i64)],
-        )
-        .await?;
-    rows.iter().map(|r| account_id(r.try_get(0)?)).collect()
+            .await?;
+        for r in rows {
+            let id: &str = r.try_get(0)?;
+            if seen.insert(id.to_owned()) {
+                ids.push(account_id(id)?);
+            }
+        }
+    }
+    Ok(ids)
 }
 
 pub async fn setting(c: &impl GenericClient, key: &str) -> Result<Option<String>, StoreError> {
