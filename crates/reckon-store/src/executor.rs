@@ -271,3 +271,33 @@ pub fn apply_batch(
 pub fn next_due(state: &AccountState) -> Option<Timestamp> {
     state.grants.iter().filter_map(|g| g.expires_at).min()
 }
+
+/// The sweeper's due accounts from its two indexes: those with a grant due
+/// first, then those with an expired open hold, each id once, at most
+/// `limit`. Each list is in its index's order (the longest overdue first).
+pub fn due_ids(by_grants: Vec<String>, by_holds: Vec<String>, limit: usize) -> Vec<String> {
+    let mut seen = HashSet::new();
+    by_grants
+        .into_iter()
+        .chain(by_holds)
+        .filter(|id| seen.insert(id.clone()))
+        .take(limit)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_ids_keep_order_fold_repeats_and_stop_at_the_limit() {
+        let v = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let grants = v(&["g1", "both"]);
+        let holds = v(&["h1", "h1", "both", "h2"]);
+        assert_eq!(
+            due_ids(grants.clone(), holds.clone(), 10),
+            v(&["g1", "both", "h1", "h2"])
+        );
+        assert_eq!(due_ids(grants, holds, 3), v(&["g1", "both", "h1"]));
+    }
+}

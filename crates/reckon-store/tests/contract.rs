@@ -150,6 +150,14 @@ async fn available(h: &Harness, name: &str) -> Amount {
     state.balance_at(h.clock.now()).available
 }
 
+/// Creates each account with a grant of `n` that never expires.
+async fn funded(h: &Harness, names: &[&str], n: i64) {
+    for name in names {
+        ok(h, create(name)).await;
+        ok(h, grant(name, n, GrantExpiry::Never)).await;
+    }
+}
+
 async fn event_count(h: &Harness, name: &str) -> usize {
     h.store
         .events(&id(name), None, PAGE_SIZE_MAX)
@@ -587,10 +595,7 @@ async fn credentials_name_accounts(h: Harness) {
 }
 
 async fn open_holds_across_accounts(h: Harness) {
-    for name in ["a", "b"] {
-        ok(&h, create(name)).await;
-        ok(&h, grant(name, 10, GrantExpiry::Never)).await;
-    }
+    funded(&h, &["a", "b"], 10).await;
     ok(&h, lock("a", "ha", 1, 60)).await;
     ok(&h, lock("b", "hb", 1, 600)).await;
     ok(&h, lock("b", "hb2", 1, 600)).await;
@@ -739,10 +744,7 @@ async fn concurrent_sweeps_expire_once(h: Harness) {
 /// not count in `next_due`; resolved holds are not, and a swept hold is
 /// stored as expired.
 async fn expired_holds_are_swept(h: Harness) {
-    for name in ["a", "b"] {
-        ok(&h, create(name)).await;
-        ok(&h, grant(name, 10, GrantExpiry::Never)).await;
-    }
+    funded(&h, &["a", "b"], 10).await;
     ok(&h, lock("a", "ha1", 4, 30)).await;
     ok(&h, lock("a", "ha2", 3, 30)).await;
     ok(&h, lock("b", "hb1", 2, 60)).await;
@@ -974,10 +976,7 @@ async fn postgres_locked_account_does_not_hold_up_the_batch() {
     let Some(h) = postgres("postgres_locked_account_does_not_hold_up_the_batch").await else {
         return;
     };
-    for name in ["locked", "free"] {
-        ok(&h, create(name)).await;
-        ok(&h, grant(name, 10, GrantExpiry::Never)).await;
-    }
+    funded(&h, &["locked", "free"], 10).await;
     // Another node's transaction, holding the row lock.
     let url = &h._schema.as_ref().unwrap().url;
     let (other, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)

@@ -7,7 +7,7 @@ use crate::codec::{
 };
 use crate::credential::{Credential, CredentialKey};
 use crate::error::StoreError;
-use crate::executor::{next_due, EventWrite, IdMap, IdempotencyRecord, Writes};
+use crate::executor::{due_ids, next_due, EventWrite, IdMap, IdempotencyRecord, Writes};
 use crate::request::StoredEvent;
 use deadpool_postgres::GenericClient;
 use futures_util::future::{try_join, try_join4, try_join_all};
@@ -732,7 +732,7 @@ pub async fn claim_due_accounts(
 const DUE_BY_GRANTS: &str =
     "SELECT id FROM accounts WHERE next_due IS NOT NULL AND next_due <= $1 ORDER BY next_due LIMIT $2";
 /// Through `holds_expiring`; an account with several expired holds may come
-/// back more than once, which `due` folds.
+/// back more than once, which [`due_ids`] folds.
 const DUE_BY_HOLDS: &str =
     "SELECT account_id FROM holds WHERE status = 'held' AND expires_at <= $1 ORDER BY expires_at LIMIT $2";
 const CLAIM_BY_GRANTS: &str =
@@ -750,27 +750,23 @@ async fn due(
     now: Timestamp,
     limit: usize,
 ) -> Result<Vec<AccountId>, StoreError> {
-    let mut ids = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for sql in [by_grants, by_holds] {
-        let wanted = limit - ids.len();
-        if wanted == 0 {
-            break;
-        }
+    let ids = |sql, limit: usize| async move {
         let rows = c
             .query(
                 &c.prepare_cached(sql).await?,
-                &[&now.millis(), &(wanted as i64)],
+                &[&now.millis(), &(limit as i64)],
             )
             .await?;
-        for r in rows {
-            let id: &str = r.try_get(0)?;
-            if seen.insert(id.to_owned()) {
-                ids.push(account_id(id)?);
-            }
-        }
-    }
-    Ok(ids)
+        rows.iter()
+            .map(|r| Ok(r.try_get::<_, String>(0)?))
+            .collect::<Result<Vec<String>, StoreError>>()
+    };
+    // The second query asks only for what is left: a claim locks every row
+    // it returns, and an account locked but not swept would wait for nothing.
+    let first = ids(by_grants, limit).await?;
+    let rest = limit - first.len();
+    let due = due_ids(first, ids(by_holds, rest).await?, limit);
+    due.iter().map(|id| account_id(id)).collect()
 }
 
 pub async fn setting(c: &impl GenericClient, key: &str) -> Result<Option<String>, StoreError> {

@@ -8,7 +8,8 @@ use crate::codec::{
 };
 use crate::error::StoreError;
 use crate::executor::{
-    next_due, AccountWrite, EventWrite, IdMap, IdSet, IdempotencyRecord, Plan, Prefetched, Writes,
+    due_ids, next_due, AccountWrite, EventWrite, IdMap, IdSet, IdempotencyRecord, Plan, Prefetched,
+    Writes,
 };
 use crate::request::StoredEvent;
 use reckon_core::{
@@ -736,30 +737,22 @@ pub fn due_accounts(
     now: Timestamp,
     limit: usize,
 ) -> Result<Vec<AccountId>, StoreError> {
-    let mut ids: Vec<String> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for sql in [DUE_BY_GRANTS, DUE_BY_HOLDS] {
-        let wanted = limit - ids.len();
-        if wanted == 0 {
-            break;
-        }
-        let found = conn
+    let ids = |sql, limit: usize| -> Result<Vec<String>, StoreError> {
+        Ok(conn
             .prepare_cached(sql)?
-            .query_map(params![now.millis(), wanted as i64], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        for id in found {
-            if seen.insert(id.clone()) {
-                ids.push(id);
-            }
-        }
-    }
-    ids.iter().map(|id| account_id(id)).collect()
+            .query_map(params![now.millis(), limit as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    };
+    let first = ids(DUE_BY_GRANTS, limit)?;
+    let rest = limit - first.len();
+    let due = due_ids(first, ids(DUE_BY_HOLDS, rest)?, limit);
+    due.iter().map(|id| account_id(id)).collect()
 }
 
 const DUE_BY_GRANTS: &str =
     "SELECT id FROM accounts WHERE next_due IS NOT NULL AND next_due <= ?1 ORDER BY next_due LIMIT ?2";
 /// Through `holds_expiring`; an account with several expired holds may come
-/// back more than once, which `due_accounts` folds.
+/// back more than once, which [`due_ids`] folds.
 const DUE_BY_HOLDS: &str =
     "SELECT account_id FROM holds WHERE status = 'held' AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2";
 
