@@ -150,6 +150,21 @@ async fn available(h: &Harness, name: &str) -> Amount {
     state.balance_at(h.clock.now()).available
 }
 
+/// The accounts due at the clock's instant (at most 10).
+async fn due_now(h: &Harness) -> Vec<AccountId> {
+    h.store.due_accounts(h.clock.now(), 10).await.unwrap()
+}
+
+/// How many of the account's events are of `kind`.
+async fn events_of(h: &Harness, name: &str, kind: EventKind) -> usize {
+    let events = h.store.events(&id(name), None, PAGE_SIZE_MAX).await;
+    events
+        .unwrap()
+        .iter()
+        .filter(|e| e.event.kind == kind)
+        .count()
+}
+
 /// Creates each account with a grant of `n` that never expires.
 async fn funded(h: &Harness, names: &[&str], n: i64) {
     for name in names {
@@ -286,12 +301,7 @@ async fn grants_expire_lazily_and_by_sweep(h: Harness) {
     ok(&h, grant("a", 10, GrantExpiry::AfterSecs(60))).await;
     ok(&h, grant("a", 5, GrantExpiry::Never)).await;
     ok(&h, usage("a", 3)).await; // drawn from the expiring grant
-    assert!(h
-        .store
-        .due_accounts(h.clock.now(), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(due_now(&h).await.is_empty());
     h.clock.advance_secs(60);
     // No sweep ran, yet the expired grant no longer counts.
     assert_eq!(available(&h, "a").await, units(5));
@@ -299,17 +309,9 @@ async fn grants_expire_lazily_and_by_sweep(h: Harness) {
         rejected(&h, usage("a", 6)).await,
         Rejection::InsufficientBalance
     );
-    assert_eq!(
-        h.store.due_accounts(h.clock.now(), 10).await.unwrap(),
-        vec![id("a")]
-    );
+    assert_eq!(due_now(&h).await, vec![id("a")]);
     ok(&h, Request::new(Command::Sweep { account: id("a") })).await;
-    assert!(h
-        .store
-        .due_accounts(h.clock.now(), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(due_now(&h).await.is_empty());
     let state = h.store.account(&id("a")).await.unwrap().unwrap();
     assert_eq!(state.totals.expired, units(7));
     assert_eq!(state.grants.len(), 1);
@@ -702,15 +704,11 @@ async fn two_handles_race_on_the_same_accounts(h: Harness) {
     assert_eq!(applied + replayed + refused, 200);
     let state = h.store.account(&id("shared")).await.unwrap().unwrap();
     assert_eq!(state.totals.used, units(60));
-    let usage_events = h
-        .store
-        .events(&id("shared"), None, PAGE_SIZE_MAX)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.event.kind == EventKind::Used)
-        .count();
-    assert_eq!(usage_events, 60, "one event per applied usage");
+    assert_eq!(
+        events_of(&h, "shared", EventKind::Used).await,
+        60,
+        "one event per applied usage"
+    );
 }
 
 /// Two handles sweeping at once expire each grant once.
@@ -726,16 +724,9 @@ async fn concurrent_sweeps_expire_once(h: Harness) {
     let (a, b) = tokio::join!(h.store.sweep_due(now, 1_000), other.sweep_due(now, 1_000));
     assert!(a.unwrap() + b.unwrap() >= 30, "every due account was swept");
     for i in 0..30 {
-        let events = h
-            .store
-            .events(&id(&format!("due{i}")), None, PAGE_SIZE_MAX)
-            .await
-            .unwrap();
-        let expired = events
-            .iter()
-            .filter(|e| e.event.kind == EventKind::GrantExpired)
-            .count();
-        assert_eq!(expired, 1, "due{i} expired once");
+        let name = format!("due{i}");
+        let expired = events_of(&h, &name, EventKind::GrantExpired).await;
+        assert_eq!(expired, 1, "{name} expired once");
     }
     assert!(h.store.due_accounts(now, 100).await.unwrap().is_empty());
 }
@@ -751,20 +742,15 @@ async fn expired_holds_are_swept(h: Harness) {
     ok(&h, lock("b", "hb2", 1, 10)).await;
     ok(&h, settle("b", "hb2", 1)).await;
     h.clock.advance_secs(29);
-    assert!(h
-        .store
-        .due_accounts(h.clock.now(), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(due_now(&h).await.is_empty());
     h.clock.advance_secs(1);
     assert_eq!(
-        h.store.due_accounts(h.clock.now(), 10).await.unwrap(),
+        due_now(&h).await,
         vec![id("a")],
         "two expired holds, one account; b's settled hold is not due"
     );
     h.clock.advance_secs(30);
-    let mut due = h.store.due_accounts(h.clock.now(), 10).await.unwrap();
+    let mut due = due_now(&h).await;
     due.sort();
     assert_eq!(due, vec![id("a"), id("b")]);
     assert_eq!(
@@ -772,27 +758,14 @@ async fn expired_holds_are_swept(h: Harness) {
         1
     );
     assert_eq!(h.store.sweep_due(h.clock.now(), 10).await.unwrap(), 2);
-    assert!(h
-        .store
-        .due_accounts(h.clock.now(), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(due_now(&h).await.is_empty());
     for hold in ["ha1", "ha2", "hb1"] {
         let stored = h.store.hold(hold).await.unwrap().unwrap();
         assert_eq!(stored.status, HoldStatus::Expired, "{hold}");
     }
     assert_eq!(available(&h, "a").await, units(10));
     assert_eq!(available(&h, "b").await, units(9));
-    let expired = h
-        .store
-        .events(&id("a"), None, PAGE_SIZE_MAX)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.event.kind == EventKind::HoldExpired)
-        .count();
-    assert_eq!(expired, 2);
+    assert_eq!(events_of(&h, "a", EventKind::HoldExpired).await, 2);
 }
 
 /// A `next_due` stored by an older formula (which counted open holds) is
@@ -803,18 +776,10 @@ async fn a_sweep_rewrites_a_stale_next_due(h: Harness) {
     ok(&h, grant("a", 10, GrantExpiry::Never)).await;
     store_next_due(&h, "a", T0 + 1_000).await;
     h.clock.advance_secs(2);
-    assert_eq!(
-        h.store.due_accounts(h.clock.now(), 10).await.unwrap(),
-        vec![id("a")]
-    );
+    assert_eq!(due_now(&h).await, vec![id("a")]);
     let events = event_count(&h, "a").await;
     assert_eq!(h.store.sweep_due(h.clock.now(), 10).await.unwrap(), 1);
-    assert!(h
-        .store
-        .due_accounts(h.clock.now(), 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(due_now(&h).await.is_empty());
     assert_eq!(event_count(&h, "a").await, events, "nothing to change");
     assert_eq!(available(&h, "a").await, units(10));
 }
