@@ -19,10 +19,19 @@ struct Harness {
 
 const T0: i64 = 1_700_000_000_000;
 
-async fn sqlite(_test: &str) -> Option<Harness> {
+/// A directory of its own, the database path in it and a clock at `T0`.
+fn fresh_sqlite_file() -> (tempfile::TempDir, std::path::PathBuf, Arc<ManualClock>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.db");
-    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
+    (
+        dir,
+        path,
+        Arc::new(ManualClock::new(Timestamp::from_millis(T0))),
+    )
+}
+
+async fn sqlite(_test: &str) -> Option<Harness> {
+    let (dir, path, clock) = fresh_sqlite_file();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, clock.clone()).unwrap());
     let c2 = clock.clone();
     Some(Harness {
@@ -1033,9 +1042,7 @@ fn wal_bytes(db: &std::path::Path) -> u64 {
 async fn sqlite_wal_starts_over_under_steady_writes() {
     const ACCOUNTS: usize = 4_000;
     const BATCH: usize = 1_000;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ledger.db");
-    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
+    let (_dir, path, clock) = fresh_sqlite_file();
     let store = SqliteStore::open(&path, clock.clone()).unwrap();
     let name = |i: usize| format!("acct-{i}");
     for chunk in (0..ACCOUNTS).collect::<Vec<_>>().chunks(BATCH / 2) {
@@ -1162,9 +1169,7 @@ async fn sqlite_account_log_is_cleaned_and_exact() {
     const ROUNDS: usize = 40;
     const BATCH_A: usize = 500;
     const BATCH_B: usize = 200;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ledger.db");
-    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(T0)));
+    let (_dir, path, clock) = fresh_sqlite_file();
     let a = SqliteStore::open(&path, clock.clone()).unwrap();
     let b = SqliteStore::open(&path, clock.clone()).unwrap();
     let name = |i: usize| format!("acct-{i}");
