@@ -8,7 +8,7 @@
 mod bench;
 
 /// mimalloc: measured faster than glibc malloc for the writer's allocation
-/// pattern (many short-lived states and strings per batch); see ARCHITECTURE.md.
+/// pattern (many short-lived states and strings per batch); see docs/performance-log.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -6,7 +6,7 @@
 //! change dirties a different page, and each one is a random write when the
 //! checkpoint copies it into the database file. Those writes, and the disk
 //! latency they add to every WAL fsync, held a million accounts to ~70 % of
-//! the `usage` throughput of a thousand (ARCHITECTURE.md, "Performance").
+//! the `usage` throughput of a thousand (docs/performance-log.md).
 //!
 //! So a change to an existing account appends the account's whole row to
 //! `account_log` instead (a rowid table: appends land on its last page),

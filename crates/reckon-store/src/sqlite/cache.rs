@@ -27,7 +27,7 @@ use reckon_core::{AccountId, AccountState, HoldStatus};
 /// million accounts: the entry, the table's slack and each string's own
 /// allocation), so ~120 MB when full, however many accounts the file holds.
 /// At a million accounts a 10,000 cap was slower, and every account cached
-/// was faster but took ~1.2 GB (ARCHITECTURE.md, "Performance").
+/// was faster but took ~1.2 GB (docs/performance-log.md).
 pub const CACHE_ACCOUNTS_MAX: usize = 100_000;
 
 /// A committed account state and the `seq` of its newest event, if any.

@@ -119,7 +119,7 @@ fn sync(wal: &Path, file: &mut Option<(File, u64)>) -> std::io::Result<()> {
 /// block as well. Measured 2026-12-04 under `usage`, over one second: with
 /// `stat` the inode was dirtied 1,165 times for 1,164 syncs, with this 343
 /// times (about once per clock tick) for 1,392; `fdatasync` took 0.25-0.27
-/// ms on average against 0.28-0.34 (ARCHITECTURE.md, "Performance").
+/// ms on average against 0.28-0.34 (docs/performance-log.md).
 fn inode_of(path: &Path) -> std::io::Result<u64> {
     // Where statx fails (kernels before 4.11, sandboxes that refuse it with
     // `ENOSYS` or `EPERM`), a full `stat` answers, or gives the error: a

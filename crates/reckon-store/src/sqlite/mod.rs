@@ -333,8 +333,8 @@ fn writer_loop(
                 // moves chain heads the cache holds. Most jobs do not (the
                 // scheduler's idempotency purge, every few seconds), but
                 // keeping the cache across those measured slower at a
-                // million accounts, not faster (ARCHITECTURE.md,
-                // "Performance"), so every job clears it.
+                // million accounts, not faster (docs/performance-log.md),
+                // so every job clears it.
                 cache.clear();
                 durability.answer_when_durable(answer, true);
                 continue;

@@ -543,7 +543,7 @@ fn write_account(
 /// previous one (`prev_seq`, `None` for its first), so an account's history
 /// is a chain from `accounts.last_event_seq` and needs no index on
 /// (account, seq): such an index takes an insert on a random page per event,
-/// which was most of the writer's work (see ARCHITECTURE.md). `heads` ends
+/// which was most of the writer's work (docs/performance-log.md). `heads` ends
 /// at each account's newest seq. (Multi-row `INSERT`s of 32 events were
 /// measured too: no less writer CPU per event, so one row per statement.)
 fn append_events(
