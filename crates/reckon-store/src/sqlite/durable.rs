@@ -15,6 +15,11 @@
 //! our connections stay open), but this opens it again if its inode ever
 //! changes, so it can never fsync a stale file.
 //!
+//! With `RECKON_LOG=reckon_store=debug` the thread logs, every
+//! `SYNC_REPORT_INTERVAL`, how many fsyncs it ran, how long they took and how
+//! long a batch waited here for its answer: the part of a request's latency
+//! that the disk adds.
+//!
 //! A failed fsync aborts the process. After one, the kernel may have dropped
 //! the dirty pages and a retry can report success for data that never
 //! reached the disk; the only safe answer is to restart from what is on
@@ -24,11 +29,17 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How often the durability thread logs its fsync figures (at debug level).
+const SYNC_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Sends one batch's (or maintenance job's) answers.
 pub type Answer = Box<dyn FnOnce() + Send>;
 
 struct Pending {
+    /// When the writer handed the batch over, for the wait reported.
+    queued: Instant,
     answer: Answer,
     /// The batch committed a write: its answer needs an fsync first.
     committed: bool,
@@ -66,7 +77,11 @@ impl Durability {
     pub fn answer_when_durable(&self, answer: Answer, committed: bool) {
         if let Some(queue) = &self.queue {
             // The thread only stops after `finish`, so this cannot fail.
-            let _ = queue.send(Pending { answer, committed });
+            let _ = queue.send(Pending {
+                queued: Instant::now(),
+                answer,
+                committed,
+            });
         }
     }
 
@@ -86,17 +101,74 @@ fn answer_after_sync(
     pending: mpsc::Receiver<Pending>,
     mut sync: impl FnMut() -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    let mut report = SyncReport::new(Instant::now());
     while let Ok(first) = pending.recv() {
         let mut group = vec![first];
         group.extend(pending.try_iter());
         if group.iter().any(|p| p.committed) {
+            let started = Instant::now();
             sync()?;
+            report.synced(started.elapsed());
         }
+        let answered = Instant::now();
         for p in group {
+            report.answered(answered - p.queued);
             (p.answer)();
         }
+        report.log_if_due(answered);
     }
     Ok(())
+}
+
+/// Counts for the debug log: fsyncs and their time, batches and their wait
+/// (from the writer's hand-over to the answer: the fsync in flight, if any,
+/// then the batch's own).
+struct SyncReport {
+    since: Instant,
+    syncs: u32,
+    synced: Duration,
+    batches: u32,
+    waited: Duration,
+}
+
+impl SyncReport {
+    fn new(now: Instant) -> SyncReport {
+        SyncReport {
+            since: now,
+            syncs: 0,
+            synced: Duration::ZERO,
+            batches: 0,
+            waited: Duration::ZERO,
+        }
+    }
+
+    fn synced(&mut self, took: Duration) {
+        self.syncs += 1;
+        self.synced += took;
+    }
+
+    fn answered(&mut self, waited: Duration) {
+        self.batches += 1;
+        self.waited += waited;
+    }
+
+    fn log_if_due(&mut self, now: Instant) {
+        let elapsed = now - self.since;
+        if elapsed < SYNC_REPORT_INTERVAL {
+            return;
+        }
+        if self.batches > 0 {
+            tracing::debug!(
+                seconds = elapsed.as_secs_f64(),
+                fsyncs = self.syncs,
+                fsync_mean_us = (self.synced / self.syncs.max(1)).as_micros() as u64,
+                batches = self.batches,
+                batch_wait_mean_us = (self.waited / self.batches).as_micros() as u64,
+                "WAL fsyncs"
+            );
+        }
+        *self = SyncReport::new(now);
+    }
 }
 
 fn sync(wal: &Path, file: &mut Option<(File, u64)>) -> std::io::Result<()> {
@@ -148,7 +220,12 @@ mod tests {
         for &(name, committed) in items {
             let log = log.clone();
             let answer: Answer = Box::new(move || log.lock().unwrap().push(name));
-            tx.send(Pending { answer, committed }).unwrap();
+            tx.send(Pending {
+                queued: Instant::now(),
+                answer,
+                committed,
+            })
+            .unwrap();
         }
         rx
     }
