@@ -29,14 +29,17 @@
 //!   appended again first, so a deleted row always has a newer one for the
 //!   same account, which a catch-up finds. Rowids are never reused: the
 //!   newest row is never in the cleaned range.
-//! - A start scans the whole log once (`open`).
+//! - A start scans the whole log once (`open`), reading rows on the caller's
+//!   thread while another builds the map from them: the two halves of the
+//!   work cost about the same, so the scan takes about half as long on two
+//!   cores.
 
 use crate::error::StoreError;
 use crate::executor::IdMap;
 use reckon_core::AccountId;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
-use std::sync::RwLock;
+use std::sync::{mpsc, RwLock};
 
 /// Rows the log may hold beyond [`LOG_ROWS_PER_ACCOUNT`] per logged account
 /// before the writer starts cleaning its head. Keeps a small log (a few hot
@@ -57,6 +60,12 @@ const CLEAN_ROWS_MIN: i64 = 32;
 /// backlog at once.
 const CLEAN_ROWS_MAX: i64 = 4_096;
 
+/// Rows one chunk of the start-up scan carries to the thread building the
+/// map: large enough that handing chunks over costs nothing measurable.
+const SCAN_CHUNK_ROWS: usize = 4_096;
+/// Chunks the start-up scan may read ahead of the map, bounding its memory.
+const SCAN_CHUNKS_AHEAD: usize = 8;
+
 /// Where each logged account's newest row is; see the module docs.
 #[derive(Default)]
 pub struct AccountLog {
@@ -70,12 +79,62 @@ struct State {
     max_seq: i64,
 }
 
+impl State {
+    /// Applies the log row `seq` of account `id`; rows come in `seq` order.
+    /// An id already in the map is not allocated again: the log holds up to
+    /// two rows per account.
+    fn apply(&mut self, seq: i64, id: &str) {
+        match self.newest.get_mut(id) {
+            Some(newest) => *newest = seq,
+            None => {
+                self.newest.insert(id.into(), seq);
+            }
+        }
+        self.max_seq = seq;
+    }
+}
+
+/// Rows of the start-up scan in `seq` order: their ids back to back, and
+/// for each row its `seq` and where its id ends.
+#[derive(Default)]
+struct ScanChunk {
+    ids: String,
+    rows: Vec<(i64, usize)>,
+}
+
 impl AccountLog {
-    /// Builds the map by scanning the whole log.
+    /// Builds the map by scanning the whole log: this thread reads the rows
+    /// and hands them over in chunks, in order, to a thread that builds the
+    /// map (see the module docs).
     pub fn open(conn: &Connection) -> Result<AccountLog, StoreError> {
-        let log = AccountLog::default();
-        log.catch_up(conn)?;
-        Ok(log)
+        let (chunks, received) = mpsc::sync_channel::<ScanChunk>(SCAN_CHUNKS_AHEAD);
+        let state = std::thread::scope(|scope| -> Result<State, StoreError> {
+            let builder = std::thread::Builder::new()
+                .name("reckon-log-scan".into())
+                .spawn_scoped(scope, move || {
+                    let mut state = State::default();
+                    for chunk in received {
+                        let mut start = 0;
+                        for &(seq, end) in &chunk.rows {
+                            state.apply(seq, &chunk.ids[start..end]);
+                            start = end;
+                        }
+                    }
+                    state
+                })?;
+            let read = scan(conn, |chunk| {
+                // The builder only stops when this sender is dropped.
+                let _ = chunks.send(chunk);
+            });
+            drop(chunks);
+            let state = builder
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            read.map(|()| state)
+        })?;
+        Ok(AccountLog {
+            state: RwLock::new(state),
+        })
     }
 
     /// The `seq` of `id`'s newest row, if the account has one in the log.
@@ -86,24 +145,15 @@ impl AccountLog {
     /// Applies the rows past `max_seq` that `conn` can see: one index seek
     /// when there are none, under the write lock (asking first whether there
     /// are any cost the writer, which always finds its last batch's rows, a
-    /// second statement per batch). Rows are applied as they are read, and
-    /// an id already in the map is not allocated again: at start the log
-    /// holds up to two rows per account.
+    /// second statement per batch).
     pub fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
-        let mut stmt =
-            conn.prepare_cached("SELECT seq, id FROM account_log WHERE seq > ?1 ORDER BY seq")?;
+        let mut stmt = conn.prepare_cached(ROWS_AFTER)?;
         let mut state = self.state.write().expect("account log lock");
         let mut rows = stmt.query([state.max_seq])?;
         while let Some(row) = rows.next()? {
             let seq: i64 = row.get(0)?;
             let id = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-            match state.newest.get_mut(id) {
-                Some(newest) => *newest = seq,
-                None => {
-                    state.newest.insert(id.into(), seq);
-                }
-            }
-            state.max_seq = seq;
+            state.apply(seq, id);
         }
         Ok(())
     }
@@ -111,6 +161,30 @@ impl AccountLog {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().expect("account log lock")
     }
+}
+
+/// The log's rows past a `seq`, in order.
+const ROWS_AFTER: &str = "SELECT seq, id FROM account_log WHERE seq > ?1 ORDER BY seq";
+
+/// Reads the whole log in `seq` order and passes it to `send` in chunks of
+/// [`SCAN_CHUNK_ROWS`] rows.
+fn scan(conn: &Connection, mut send: impl FnMut(ScanChunk)) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(ROWS_AFTER)?;
+    let mut rows = stmt.query([0])?;
+    let mut chunk = ScanChunk::default();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let id = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+        chunk.ids.push_str(id);
+        chunk.rows.push((seq, chunk.ids.len()));
+        if chunk.rows.len() == SCAN_CHUNK_ROWS {
+            send(std::mem::take(&mut chunk));
+        }
+    }
+    if !chunk.rows.is_empty() {
+        send(chunk);
+    }
+    Ok(())
 }
 
 /// The account columns, in `rows::ACCOUNT_COLUMNS` order, that a log row
@@ -258,6 +332,40 @@ mod tests {
         }
         let log = AccountLog::open(&conn).unwrap();
         (conn, log)
+    }
+
+    /// The start-up scan hands rows over in chunks to another thread; what
+    /// it builds must be what applying the rows one by one builds: the last
+    /// row per account, across chunk boundaries, and the largest `seq`.
+    #[test]
+    fn the_start_up_scan_builds_what_a_catch_up_builds() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let accounts = 1_000;
+        let rows = 2 * SCAN_CHUNK_ROWS + 7;
+        for i in 0..rows {
+            // Ids of different lengths, and an account's rows spread across
+            // chunks.
+            append(&conn, &format!("acct-{}", (i * 7919) % accounts), i as i64);
+        }
+        let scanned = AccountLog::open(&conn).unwrap();
+        let caught_up = AccountLog::default();
+        caught_up.catch_up(&conn).unwrap();
+        let (scanned, caught_up) = (scanned.read(), caught_up.read());
+        assert_eq!(scanned.max_seq, rows as i64);
+        assert_eq!(scanned.max_seq, caught_up.max_seq);
+        assert_eq!(scanned.newest.len(), accounts);
+        assert_eq!(scanned.newest, caught_up.newest);
+    }
+
+    /// A log with no rows: nothing to hand over, and no thread left waiting.
+    #[test]
+    fn the_start_up_scan_of_an_empty_log_is_empty() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let log = AccountLog::open(&conn).unwrap();
+        assert_eq!(log.read().max_seq, 0);
+        assert!(log.read().newest.is_empty());
     }
 
     fn used_in_newest(conn: &Connection, log: &AccountLog, id: &str) -> i64 {
