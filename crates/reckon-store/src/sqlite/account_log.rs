@@ -147,15 +147,9 @@ impl AccountLog {
     /// are any cost the writer, which always finds its last batch's rows, a
     /// second statement per batch).
     pub fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
-        let mut stmt = conn.prepare_cached(ROWS_AFTER)?;
         let mut state = self.state.write().expect("account log lock");
-        let mut rows = stmt.query([state.max_seq])?;
-        while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            let id = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-            state.apply(seq, id);
-        }
-        Ok(())
+        let after = state.max_seq;
+        rows_after(conn, after, |seq, id| state.apply(seq, id))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -163,24 +157,33 @@ impl AccountLog {
     }
 }
 
-/// The log's rows past a `seq`, in order.
-const ROWS_AFTER: &str = "SELECT seq, id FROM account_log WHERE seq > ?1 ORDER BY seq";
+/// Passes `seq` and `id` of every log row past `after` to `row`, in order.
+fn rows_after(
+    conn: &Connection,
+    after: i64,
+    mut row: impl FnMut(i64, &str),
+) -> Result<(), StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, id FROM account_log WHERE seq > ?1 ORDER BY seq")?;
+    let mut rows = stmt.query([after])?;
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        row(seq, r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?);
+    }
+    Ok(())
+}
 
 /// Reads the whole log in `seq` order and passes it to `send` in chunks of
 /// [`SCAN_CHUNK_ROWS`] rows.
 fn scan(conn: &Connection, mut send: impl FnMut(ScanChunk)) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(ROWS_AFTER)?;
-    let mut rows = stmt.query([0])?;
     let mut chunk = ScanChunk::default();
-    while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let id = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+    rows_after(conn, 0, |seq, id| {
         chunk.ids.push_str(id);
         chunk.rows.push((seq, chunk.ids.len()));
         if chunk.rows.len() == SCAN_CHUNK_ROWS {
             send(std::mem::take(&mut chunk));
         }
-    }
+    })?;
     if !chunk.rows.is_empty() {
         send(chunk);
     }
