@@ -196,16 +196,66 @@ impl Amount {
 }
 
 /// Renders the shortest exact decimal: `12`, `12.5`, `0.000001`.
+/// The longest text of an amount: 13 digits of units, a point and 6
+/// decimals.
+const DECIMAL_TEXT_BYTES_MAX: usize = 20;
+
+/// An amount's shortest exact decimal text, held on the stack: responses
+/// write several amounts each, and a `String` per amount was an allocation.
+pub struct DecimalText {
+    bytes: [u8; DECIMAL_TEXT_BYTES_MAX],
+    len: usize,
+}
+
+impl DecimalText {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and '.' are ever written.
+        std::str::from_utf8(&self.bytes[..self.len]).expect("ASCII")
+    }
+}
+
+impl Amount {
+    /// The shortest exact decimal form: "12", "12.5", "0.000001".
+    pub fn decimal(self) -> DecimalText {
+        let mut text = DecimalText {
+            bytes: [0; DECIMAL_TEXT_BYTES_MAX],
+            len: 0,
+        };
+        let mut units = self.0 / MICROS_PER_UNIT;
+        let mut frac = self.0 % MICROS_PER_UNIT;
+        // Written backwards from the end, then moved to the front.
+        let mut at = DECIMAL_TEXT_BYTES_MAX;
+        if frac != 0 {
+            let mut digits = AMOUNT_DECIMALS;
+            while frac % 10 == 0 {
+                frac /= 10;
+                digits -= 1;
+            }
+            for _ in 0..digits {
+                at -= 1;
+                text.bytes[at] = b'0' + (frac % 10) as u8;
+                frac /= 10;
+            }
+            at -= 1;
+            text.bytes[at] = b'.';
+        }
+        loop {
+            at -= 1;
+            text.bytes[at] = b'0' + (units % 10) as u8;
+            units /= 10;
+            if units == 0 {
+                break;
+            }
+        }
+        text.bytes.copy_within(at.., 0);
+        text.len = DECIMAL_TEXT_BYTES_MAX - at;
+        text
+    }
+}
+
 impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let units = self.0 / MICROS_PER_UNIT;
-        let frac = self.0 % MICROS_PER_UNIT;
-        if frac == 0 {
-            write!(f, "{units}")
-        } else {
-            let frac = format!("{frac:06}");
-            write!(f, "{units}.{}", frac.trim_end_matches('0'))
-        }
+        f.write_str(self.decimal().as_str())
     }
 }
 
@@ -288,8 +338,37 @@ mod tests {
             (1, "0.000001"),
             (12_500_000, "12.5"),
             (37_660_000, "37.66"),
+            (10_000_000, "10"),
+            (100_000_001, "100.000001"),
+            (AMOUNT_MICROS_MAX, "1000000000000"),
+            (AMOUNT_MICROS_MAX - 1, "999999999999.999999"),
         ] {
             assert_eq!(Amount::from_micros(micros).unwrap().to_string(), text);
+        }
+    }
+
+    /// Against the obvious formatting, over small values and a spread of
+    /// large ones.
+    #[test]
+    fn decimal_matches_plain_formatting() {
+        let reference = |micros: i64| {
+            let (units, frac) = (micros / MICROS_PER_UNIT, micros % MICROS_PER_UNIT);
+            if frac == 0 {
+                units.to_string()
+            } else {
+                format!("{units}.{frac:06}")
+                    .trim_end_matches('0')
+                    .to_string()
+            }
+        };
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let spread = (0..100_000).map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (x >> 1) as i64 % (AMOUNT_MICROS_MAX + 1)
+        });
+        for micros in (0..20_000).chain(spread) {
+            let a = Amount::from_micros(micros).unwrap();
+            assert_eq!(a.decimal().as_str(), reference(micros), "{micros}");
         }
     }
 

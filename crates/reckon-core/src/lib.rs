@@ -27,7 +27,7 @@ pub use account::{
     Account, AccountId, AccountState, AccountStatus, Allocation, Balance, Grant, Hold, HoldStatus,
     IdError, OveragePolicy, Totals, Unit, HOLD_TTL_SECS_MAX,
 };
-pub use amount::{Amount, AmountError, Rounding};
+pub use amount::{Amount, AmountError, DecimalText, Rounding};
 pub use command::{
     Command, CreateAccount, GrantCmd, GrantExpiry, LockCmd, ReleaseCmd, SettleCmd, UpdateAccount,
     UsageCmd,

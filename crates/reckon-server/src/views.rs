@@ -4,12 +4,23 @@
 use crate::wire::{render_time, stored_json};
 use reckon_core::{AccountState, Amount, Balance, Grant, Hold, Timestamp};
 use reckon_store::StoredEvent;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-fn amt(a: Amount) -> String {
-    a.to_string()
+/// An amount as its exact decimal string ("12.5"), written straight from
+/// the stack when the response is serialised (a `String` per amount was an
+/// allocation, several per response).
+pub struct AmountText(pub Amount);
+
+impl Serialize for AmountText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0.decimal().as_str())
+    }
+}
+
+fn amt(a: Amount) -> AmountText {
+    AmountText(a)
 }
 
 fn time(t: Option<Timestamp>) -> Option<String> {
@@ -20,20 +31,20 @@ fn time(t: Option<Timestamp>) -> Option<String> {
 #[derive(Serialize, ToSchema)]
 pub struct BalanceView {
     /// Everything ever granted.
-    #[schema(example = "50")]
-    pub granted: String,
+    #[schema(value_type = String, example = "50")]
+    pub granted: AmountText,
     /// Everything ever consumed (usage and settled holds).
-    #[schema(example = "12.34")]
-    pub used: String,
+    #[schema(value_type = String, example = "12.34")]
+    pub used: AmountText,
     /// Reserved by open holds.
-    #[schema(example = "0")]
-    pub held: String,
+    #[schema(value_type = String, example = "0")]
+    pub held: AmountText,
     /// What may be spent now: unexpired grants minus holds.
-    #[schema(example = "37.66")]
-    pub available: String,
+    #[schema(value_type = String, example = "37.66")]
+    pub available: AmountText,
     /// Granted value that expired unspent.
-    #[schema(example = "0")]
-    pub expired: String,
+    #[schema(value_type = String, example = "0")]
+    pub expired: AmountText,
 }
 
 impl From<Balance> for BalanceView {
@@ -51,10 +62,10 @@ impl From<Balance> for BalanceView {
 #[derive(Serialize, ToSchema)]
 pub struct GrantView {
     pub id: String,
-    #[schema(example = "1024")]
-    pub amount: String,
-    #[schema(example = "1000")]
-    pub remaining: String,
+    #[schema(value_type = String, example = "1024")]
+    pub amount: AmountText,
+    #[schema(value_type = String, example = "1000")]
+    pub remaining: AmountText,
     /// RFC 3339; null when the grant never expires.
     pub expires_at: Option<String>,
     pub source: String,
@@ -81,9 +92,11 @@ pub struct HoldView {
     /// held, settled, released or expired (as of the response).
     #[schema(example = "held")]
     pub status: &'static str,
-    pub amount: String,
+    #[schema(value_type = String)]
+    pub amount: AmountText,
     /// What the settle charged; "0" until settled.
-    pub settled_amount: String,
+    #[schema(value_type = String)]
+    pub settled_amount: AmountText,
     pub expires_at: String,
     pub created_at: String,
     pub resolved_at: Option<String>,
@@ -152,8 +165,10 @@ pub struct EventView {
     pub account_id: String,
     #[schema(example = "used")]
     pub kind: &'static str,
-    pub amount: String,
-    pub available_after: String,
+    #[schema(value_type = String)]
+    pub amount: AmountText,
+    #[schema(value_type = String)]
+    pub available_after: AmountText,
     pub at: String,
     pub grant_id: Option<String>,
     pub hold_id: Option<String>,

@@ -68,9 +68,9 @@ pub fn account_id(text: &str) -> ApiResult<AccountId> {
 
 /// An amount field: a JSON number or a decimal string, parsed exactly.
 pub fn amount(value: &Value, field: &str) -> ApiResult<Amount> {
-    let text = match value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
+    let parsed = match value {
+        Value::Number(n) => Amount::parse(&n.to_string()),
+        Value::String(s) => Amount::parse(s),
         _ => {
             return Err(ApiError::invalid(
                 "invalid_amount",
@@ -78,7 +78,7 @@ pub fn amount(value: &Value, field: &str) -> ApiResult<Amount> {
             ))
         }
     };
-    Amount::parse(&text).map_err(|e| ApiError::invalid("invalid_amount", format!("{field}: {e}")))
+    parsed.map_err(|e| ApiError::invalid("invalid_amount", format!("{field}: {e}")))
 }
 
 /// A positive amount (grants, usage, locks): zero is refused at the edge.

@@ -2,7 +2,7 @@
 
 use crate::auth::ServiceAuth;
 use crate::error::{ApiResult, ErrorBody};
-use crate::views::BalanceView;
+use crate::views::{AmountText, BalanceView};
 use crate::wire::{self, IdempotencyHeader, JsonBody};
 use crate::{with_replay_flag, AppState};
 use axum::extract::{Path, State};
@@ -36,7 +36,8 @@ pub struct UsageBody {
 #[derive(Serialize, ToSchema)]
 pub struct UsageResponse {
     pub account_id: String,
-    pub amount: String,
+    #[schema(value_type = String)]
+    pub amount: AmountText,
     pub balance: BalanceView,
 }
 
@@ -68,7 +69,7 @@ pub async fn record_usage(
     let executed = state.execute(request).await?;
     let response = UsageResponse {
         account_id: executed.outcome.account.id.to_string(),
-        amount: amount.to_string(),
+        amount: AmountText(amount),
         balance: executed.outcome.balance.into(),
     };
     Ok(with_replay_flag(&executed, Json(response)))
@@ -84,7 +85,8 @@ pub struct CheckBody {
 #[derive(Serialize, ToSchema)]
 pub struct CheckResponse {
     pub allowed: bool,
-    pub available: String,
+    #[schema(value_type = String)]
+    pub available: AmountText,
     /// Why not, when not allowed: insufficient_balance, account_expired,
     /// account_suspended or invalid_amount. Null when allowed.
     pub reason: Option<&'static str>,
@@ -115,7 +117,7 @@ pub async fn check(
         .expect("a check command answers with a check");
     Ok(Json(CheckResponse {
         allowed: c.allowed,
-        available: c.available.to_string(),
+        available: AmountText(c.available),
         reason: c.reason.map(Rejection::code),
     }))
 }
