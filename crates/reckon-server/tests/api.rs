@@ -44,6 +44,46 @@ async fn health_docs_and_openapi_need_no_key() {
     app.stop().await;
 }
 
+/// The layers around the router (CORS, tracing, the body limit) apply to
+/// every route and to unknown paths alike.
+#[tokio::test]
+async fn cors_and_unknown_paths() {
+    let app = spawn_app().await; // CORS allows any origin here
+    let origin = "https://dashboard.example";
+    let r = app
+        .http
+        .get(app.url("/healthz"))
+        .header("Origin", origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let preflight = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/v1/accounts/a/usage"))
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200);
+    assert!(preflight
+        .headers()
+        .contains_key("access-control-allow-methods"));
+    let r = app
+        .http
+        .get(app.url("/no/such/path"))
+        .header("Origin", origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let r = app.http.delete(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn keys_and_scopes() {
     let app = spawn_app().await;
