@@ -50,13 +50,8 @@ async fn health_docs_and_openapi_need_no_key() {
 async fn cors_and_unknown_paths() {
     let app = spawn_app().await; // CORS allows any origin here
     let origin = "https://dashboard.example";
-    let r = app
-        .http
-        .get(app.url("/healthz"))
-        .header("Origin", origin)
-        .send()
-        .await
-        .unwrap();
+    let get = |path: &str| app.http.get(app.url(path)).header("Origin", origin).send();
+    let r = get("/healthz").await.unwrap();
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
     let preflight = app
         .http
@@ -70,13 +65,7 @@ async fn cors_and_unknown_paths() {
     assert!(preflight
         .headers()
         .contains_key("access-control-allow-methods"));
-    let r = app
-        .http
-        .get(app.url("/no/such/path"))
-        .header("Origin", origin)
-        .send()
-        .await
-        .unwrap();
+    let r = get("/no/such/path").await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
     let r = app.http.delete(app.url("/healthz")).send().await.unwrap();
