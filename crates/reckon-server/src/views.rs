@@ -19,10 +19,6 @@ impl Serialize for AmountText {
     }
 }
 
-fn amt(a: Amount) -> AmountText {
-    AmountText(a)
-}
-
 fn time(t: Option<Timestamp>) -> Option<String> {
     t.map(render_time)
 }
@@ -50,11 +46,11 @@ pub struct BalanceView {
 impl From<Balance> for BalanceView {
     fn from(b: Balance) -> BalanceView {
         BalanceView {
-            granted: amt(b.granted),
-            used: amt(b.used),
-            held: amt(b.held),
-            available: amt(b.available),
-            expired: amt(b.expired),
+            granted: AmountText(b.granted),
+            used: AmountText(b.used),
+            held: AmountText(b.held),
+            available: AmountText(b.available),
+            expired: AmountText(b.expired),
         }
     }
 }
@@ -76,8 +72,8 @@ impl From<&Grant> for GrantView {
     fn from(g: &Grant) -> GrantView {
         GrantView {
             id: g.id.to_string(),
-            amount: amt(g.amount),
-            remaining: amt(g.remaining),
+            amount: AmountText(g.amount),
+            remaining: AmountText(g.remaining),
             expires_at: time(g.expires_at),
             source: g.source.to_string(),
             created_at: render_time(g.created_at),
@@ -108,8 +104,8 @@ impl HoldView {
             id: h.id.clone(),
             account_id: h.account_id.to_string(),
             status: h.status_at(now).as_str(),
-            amount: amt(h.amount),
-            settled_amount: amt(h.settled_amount),
+            amount: AmountText(h.amount),
+            settled_amount: AmountText(h.settled_amount),
             expires_at: render_time(h.expires_at),
             created_at: render_time(h.created_at),
             resolved_at: time(h.resolved_at),
@@ -183,8 +179,8 @@ impl From<&StoredEvent> for EventView {
             seq: e.seq,
             account_id: e.account_id.to_string(),
             kind: e.event.kind.as_str(),
-            amount: amt(e.event.amount),
-            available_after: amt(e.event.available_after),
+            amount: AmountText(e.event.amount),
+            available_after: AmountText(e.event.available_after),
             at: render_time(e.event.at),
             grant_id: e.event.grant_id.clone(),
             hold_id: e.event.hold_id.clone(),

@@ -216,29 +216,23 @@ pub fn apply_batch(
             }
         }
     }
+    // Before changed accounts move out to `writes`: every account's state
+    // after the batch, changed or not, is still in the prefetched map here.
+    let mut swept: Vec<AccountId> = swept.into_iter().collect();
+    swept.sort_unstable();
+    for id in swept {
+        let state = prefetched
+            .accounts
+            .get(&id)
+            .expect("a swept account exists, so it was prefetched");
+        writes.swept_due.push((id, next_due(state)));
+    }
     for (id, before) in before {
         let after = prefetched
             .accounts
             .remove(&id)
             .expect("every changed account is in the prefetched map");
         writes.accounts.push(AccountWrite { before, after });
-    }
-    let mut swept: Vec<AccountId> = swept.into_iter().collect();
-    swept.sort_unstable();
-    for id in swept {
-        let state = match prefetched.accounts.get(&id) {
-            Some(unchanged) => unchanged,
-            None => {
-                &writes
-                    .accounts
-                    .iter()
-                    .find(|w| w.after.account.id == id)
-                    .expect("a swept account is unchanged or written")
-                    .after
-            }
-        };
-        let due = next_due(state);
-        writes.swept_due.push((id, due));
     }
     // A stable write order keeps row locks on shared backends in one order
     // too. Sorted by index, then moved once: an `AccountWrite` holds two
