@@ -195,7 +195,6 @@ impl Amount {
     }
 }
 
-/// Renders the shortest exact decimal: `12`, `12.5`, `0.000001`.
 /// The longest text of an amount: 13 digits of units, a point and 6
 /// decimals.
 const DECIMAL_TEXT_BYTES_MAX: usize = 20;
@@ -253,6 +252,7 @@ impl Amount {
     }
 }
 
+/// Renders the shortest exact decimal: `12`, `12.5`, `0.000001`.
 impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.decimal().as_str())
