@@ -91,16 +91,31 @@ pub struct Unit(Arc<str>);
 
 impl Unit {
     pub fn parse(text: &str) -> Result<Unit, IdError> {
-        if text.len() > UNIT_BYTES_MAX {
-            return Err(IdError::TooLong);
-        }
-        validate_id(text)?;
+        validate_unit(text)?;
         Ok(Unit(Arc::from(text)))
+    }
+
+    /// As [`Unit::parse`], sharing `text` instead of copying it (a store
+    /// that keeps units once decodes many accounts without allocating).
+    pub fn from_arc(text: Arc<str>) -> Result<Unit, IdError> {
+        validate_unit(&text)?;
+        Ok(Unit(text))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+fn validate_unit(text: &str) -> Result<(), IdError> {
+    if text.len() > UNIT_BYTES_MAX {
+        return Err(IdError::TooLong);
+    }
+    validate_id(text)
 }
 
 impl Default for Unit {

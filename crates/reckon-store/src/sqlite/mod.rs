@@ -16,14 +16,17 @@
 
 mod account_log;
 mod cache;
+mod compact;
 mod credentials;
 mod durable;
 mod rows;
 mod schema;
+#[cfg(test)]
+mod tests;
 mod warm;
 
 pub use account_log::LOG_SLACK_ROWS;
-pub use cache::CACHE_ACCOUNTS_MAX;
+pub use cache::DECODED_ACCOUNTS_MAX;
 pub use warm::WARM_BYTES_MAX;
 
 use crate::clock::Clock;
@@ -92,7 +95,20 @@ enum Job {
     Execute(Vec<Request>, Reply),
     /// A non-ledger write (settings, purges) run on the writer's connection
     /// between batches, so the writer stays the only writer.
-    Maintain(Maintenance),
+    Maintain(Maintenance, Touches),
+}
+
+/// What a maintenance job may write, which decides whether the writer's
+/// cache survives it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Touches {
+    /// Account rows or events (credential changes append events, which
+    /// moves chain heads the cache holds): the cache is cleared.
+    Accounts,
+    /// Neither (the idempotency purge, settings): the cache is kept. The
+    /// purge runs every few seconds, and clearing the cache each time
+    /// emptied its compact tier long before it could fill.
+    Elsewhere,
 }
 
 /// Handle to an open SQLite ledger. Cheap to clone.
@@ -166,6 +182,15 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies
     /// migrations and starts the writer thread.
     pub fn open(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with_cache(path, clock, cache::Cache::default())
+    }
+
+    /// [`SqliteStore::open`] with the writer's cache given (tests shrink it).
+    fn open_with_cache(
+        path: impl AsRef<Path>,
+        clock: Arc<dyn Clock>,
+        cache: cache::Cache,
+    ) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
@@ -218,7 +243,17 @@ impl SqliteStore {
             .name("reckon-writer".into())
             .spawn({
                 let (owners, log) = (owners.clone(), log.clone());
-                move || writer_loop(writer, rx, clock, wal_too_big, owners, log, durability)
+                move || {
+                    let parts = WriterParts {
+                        clock,
+                        wal_too_big,
+                        owners,
+                        log,
+                        cache,
+                        durability,
+                    };
+                    writer_loop(writer, rx, parts)
+                }
             })?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -288,15 +323,19 @@ impl SqliteStore {
 
     async fn maintain<T: Send + 'static>(
         &self,
+        touches: Touches,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let job = Job::Maintain(Box::new(move |conn| {
-            let result = f(conn);
-            Box::new(move || {
-                let _ = tx.send(result);
-            })
-        }));
+        let job = Job::Maintain(
+            Box::new(move |conn| {
+                let result = f(conn);
+                Box::new(move || {
+                    let _ = tx.send(result);
+                })
+            }),
+            touches,
+        );
         self.inner
             .jobs
             .send(job)
@@ -306,17 +345,26 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<Job>,
+/// What the writer thread owns besides its connection and its queue.
+struct WriterParts {
     clock: Arc<dyn Clock>,
     wal_too_big: Arc<AtomicBool>,
     owners: Arc<HoldOwners>,
     log: Arc<AccountLog>,
+    cache: cache::Cache,
     durability: durable::Durability,
-) {
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterParts) {
+    let WriterParts {
+        clock,
+        wal_too_big,
+        owners,
+        log,
+        mut cache,
+        durability,
+    } = parts;
     let mut last_now = Timestamp::EPOCH;
-    let mut cache = cache::Cache::default();
     let mut pending: Option<Job> = None;
     loop {
         let first = match pending.take() {
@@ -327,15 +375,11 @@ fn writer_loop(
             },
         };
         let (requests, replies) = match first {
-            Job::Maintain(f) => {
+            Job::Maintain(f, touches) => {
                 let answer = f(&mut conn);
-                // It may have appended events (credential changes), which
-                // moves chain heads the cache holds. Most jobs do not (the
-                // scheduler's idempotency purge, every few seconds), but
-                // keeping the cache across those measured slower at a
-                // million accounts, not faster (docs/performance-log.md),
-                // so every job clears it.
-                cache.clear();
+                if touches == Touches::Accounts {
+                    cache.clear();
+                }
                 durability.answer_when_durable(answer, true);
                 continue;
             }
@@ -350,7 +394,7 @@ fn writer_loop(
                             replies.push((more.len(), reply));
                             all.extend(more);
                         }
-                        Ok(job @ Job::Maintain(_)) => {
+                        Ok(job @ Job::Maintain(..)) => {
                             pending = Some(job);
                             break;
                         }
@@ -649,7 +693,7 @@ impl Store for SqliteStore {
     }
 
     fn purge_idempotency(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(self.maintain(move |c| {
+        Box::pin(self.maintain(Touches::Elsewhere, move |c| {
             Ok(c.execute(
                 "DELETE FROM idempotency WHERE created_at < ?1",
                 [before.millis()],
@@ -673,7 +717,9 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<Result<Credential, CredentialRefusal>, StoreError>> {
         let (account, log) = (account.clone(), self.inner.log.clone());
         let id = crate::credential::credential_id(&key);
-        Box::pin(self.maintain(move |c| credentials::add(c, &log, &account, &key, id, now)))
+        Box::pin(self.maintain(Touches::Accounts, move |c| {
+            credentials::add(c, &log, &account, &key, id, now)
+        }))
     }
 
     fn credentials(
@@ -693,7 +739,7 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, Result<Option<Credential>, StoreError>> {
         let (account, credential_id) = (account.clone(), credential_id.to_owned());
         let log = self.inner.log.clone();
-        Box::pin(self.maintain(move |c| {
+        Box::pin(self.maintain(Touches::Accounts, move |c| {
             credentials::set_active(c, &log, &account, &credential_id, active, now)
         }))
     }
@@ -713,7 +759,7 @@ impl Store for SqliteStore {
 
     fn set_setting(&self, key: &str, value: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         let (key, value) = (key.to_owned(), value.to_owned());
-        Box::pin(self.maintain(move |c| {
+        Box::pin(self.maintain(Touches::Elsewhere, move |c| {
             c.execute(
                 "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [&key, &value],

@@ -1,6 +1,6 @@
 //! Reads the database file once at start, so the OS page cache holds it.
 //!
-//! The writer keeps only [`super::CACHE_ACCOUNTS_MAX`] accounts in memory;
+//! The writer keeps only so many accounts in memory (`cache.rs`);
 //! any other account it needs is a B-tree read through the OS page cache.
 //! After a reboot, or once other work has pushed the file out of that
 //! cache, each of those reads is a random read from the disk, one at a

@@ -1,0 +1,256 @@
+//! The writer's cache against no cache: the same random operations, run on
+//! stores whose caches differ only in size, must give the same answers,
+//! states and events. The small caches evict on nearly every batch, and the
+//! compact tier fills, refuses accounts and starts over; the uncached store
+//! reads every account from SQLite.
+
+use super::cache::Cache;
+use super::SqliteStore;
+use crate::{Clock, ManualClock, Request, Store, PAGE_SIZE_MAX};
+use reckon_core::*;
+use std::sync::Arc;
+
+const ACCOUNTS: u64 = 40;
+const STEPS: usize = 1_500;
+
+/// xorshift64*: deterministic, so a failure replays exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn id(n: u64) -> AccountId {
+    AccountId::parse(&format!("acct-{n}")).unwrap()
+}
+
+/// Micros, sometimes whole units (the compact tier writes those apart).
+fn amount(rng: &mut Rng, units_max: u64) -> Amount {
+    let micros = if rng.below(2) == 0 {
+        rng.below(units_max + 1) * 1_000_000
+    } else {
+        rng.below(units_max * 1_000_000 + 1)
+    };
+    Amount::from_micros(micros as i64).unwrap()
+}
+
+/// A random request at `step`; `holds` has each account's newest hold id,
+/// which settles and releases target.
+fn random_request(rng: &mut Rng, step: usize, holds: &mut [String]) -> Request {
+    let n = rng.below(ACCOUNTS);
+    let account = id(n);
+    let hold_id = holds[n as usize].clone();
+    let command = match rng.below(12) {
+        0 => Command::CreateAccount(CreateAccount {
+            id: account,
+            unit: Unit::parse(["credits", "mb", "requests"][rng.below(3) as usize]).unwrap(),
+            expires_at: None,
+            timezone: [None, Some("Europe/Paris".into())][rng.below(2) as usize].clone(),
+            metadata: "{}".into(),
+            overage: OveragePolicy::Reject,
+        }),
+        1 | 2 => Command::Grant(GrantCmd {
+            account,
+            // Server-made ids are UUIDs; clients may send anything.
+            grant_id: if rng.below(2) == 0 {
+                format!("01a2434c-9f7b-7463-b889-{:012x}", step)
+            } else {
+                format!("grant-{step}")
+            },
+            amount: amount(rng, 50),
+            expiry: match rng.below(3) {
+                0 => GrantExpiry::Never,
+                _ => GrantExpiry::AfterSecs(1 + rng.below(600)),
+            },
+            source: ["manual", "renewal"][rng.below(2) as usize].into(),
+        }),
+        3..=5 => Command::Usage(UsageCmd {
+            account,
+            amount: amount(rng, 5),
+        }),
+        6 => Command::Lock(LockCmd {
+            account,
+            hold_id: {
+                holds[n as usize] = format!("h-{n}-{step}");
+                holds[n as usize].clone()
+            },
+            amount: amount(rng, 5),
+            ttl_secs: 1 + rng.below(3_000),
+        }),
+        7 => Command::Settle(SettleCmd {
+            account,
+            hold_id,
+            amount: amount(rng, 2),
+            overage: None,
+        }),
+        8 => Command::Release(ReleaseCmd { account, hold_id }),
+        9 => Command::UpdateAccount(UpdateAccount {
+            id: account,
+            expires_at: None,
+            status: match rng.below(4) {
+                0 => Some(AccountStatus::Suspended),
+                1 => Some(AccountStatus::Active),
+                _ => None,
+            },
+            metadata: Some(match rng.below(3) {
+                0 => "{}".into(),
+                1 => format!(r#"{{"step":{step}}}"#),
+                _ => format!(r#"{{"note":"{}"}}"#, "x".repeat(100 + step % 50)),
+            }),
+            overage: Some(
+                [
+                    OveragePolicy::Reject,
+                    OveragePolicy::Cap,
+                    OveragePolicy::Allow,
+                ][rng.below(3) as usize],
+            ),
+        }),
+        10 => Command::Check {
+            account,
+            amount: amount(rng, 5),
+        },
+        _ => Command::Sweep { account },
+    };
+    let mut request = Request::new(command);
+    if rng.below(4) == 0 {
+        let key = format!("k-{}", rng.below(30));
+        request.idempotency_key = Some(crate::IdempotencyKey::parse(&key).unwrap());
+    }
+    request
+}
+
+struct Under {
+    store: SqliteStore,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+fn store(cache: Cache) -> Under {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_700_000_000_000)));
+    let store =
+        SqliteStore::open_with_cache(dir.path().join("ledger.db"), clock.clone(), cache).unwrap();
+    Under {
+        store,
+        clock,
+        _dir: dir,
+    }
+}
+
+/// Everything a client could see of the store: every account and event.
+async fn everything(s: &SqliteStore) -> String {
+    let accounts = s.accounts(None, PAGE_SIZE_MAX).await.unwrap();
+    let mut out = format!("{accounts:?}\n");
+    for a in &accounts {
+        let events = s.events(&a.account.id, None, PAGE_SIZE_MAX).await.unwrap();
+        out.push_str(&format!("{events:?}\n"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_states_and_events_do_not_depend_on_the_cache() {
+    let stores = [
+        // Reads every account from SQLite.
+        store(Cache::new(0, 0)),
+        // Decodes every account from the compact tier, which has room.
+        store(Cache::new(0, 1 << 20)),
+        // Evicts on nearly every batch into a compact tier that fills.
+        store(Cache::new(3, 1_500)),
+    ];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut holds = vec![String::from("none"); ACCOUNTS as usize];
+    let mut step = 0;
+    let setup: Vec<Request> = (0..ACCOUNTS)
+        .flat_map(|n| {
+            let create = CreateAccount {
+                id: id(n),
+                unit: Unit::default(),
+                expires_at: None,
+                timezone: None,
+                metadata: "{}".into(),
+                overage: OveragePolicy::Reject,
+            };
+            let grant = GrantCmd {
+                account: id(n),
+                grant_id: format!("first-{n}"),
+                amount: Amount::from_units(20).unwrap(),
+                expiry: GrantExpiry::Never,
+                source: "manual".into(),
+            };
+            [
+                Request::new(Command::CreateAccount(create)),
+                Request::new(Command::Grant(grant)),
+            ]
+        })
+        .collect();
+    for s in &stores {
+        s.store.submit_many(setup.clone()).await;
+    }
+    while step < STEPS {
+        // A batch of one to four requests, the clock moving between them.
+        let batch: Vec<Request> = (0..1 + rng.below(4))
+            .map(|_| {
+                step += 1;
+                random_request(&mut rng, step, &mut holds)
+            })
+            .collect();
+        let advance = match rng.below(10) {
+            0 => 1 + rng.below(120) as i64,
+            _ => 0,
+        };
+        let purge = rng.below(50) == 0;
+        // A maintenance job that appends an event, moving a chain head.
+        let credential = (rng.below(50) == 0).then(|| {
+            let key = crate::CredentialKey::parse(&format!("pk-{step}"), true).unwrap();
+            (id(rng.below(ACCOUNTS)), key)
+        });
+        let mut answers = Vec::new();
+        for s in &stores {
+            s.clock.advance_secs(advance);
+            if purge {
+                // A maintenance job that keeps the cache.
+                s.store.purge_idempotency(s.clock.now()).await.unwrap();
+            }
+            if let Some((account, key)) = &credential {
+                let added = s.store.add_credential(account, key.clone(), s.clock.now());
+                added.await.unwrap().unwrap();
+            }
+            let got = s.store.submit_many(batch.clone()).await;
+            answers.push(format!("{got:?}"));
+        }
+        assert_eq!(answers[0], answers[1], "step {step}, compact only");
+        assert_eq!(answers[0], answers[2], "step {step}, small caches");
+        if step % 100 < 4 {
+            let all = everything(&stores[0].store).await;
+            for s in &stores[1..] {
+                assert_eq!(all, everything(&s.store).await, "step {step}");
+            }
+        }
+    }
+    let all = everything(&stores[0].store).await;
+    for kind in [
+        "Settled",
+        "Released",
+        "HoldExpired",
+        "GrantExpired",
+        "CredentialAdded",
+    ] {
+        assert!(
+            all.contains(kind),
+            "no {kind} event: the test lost its reach"
+        );
+    }
+    for s in &stores[1..] {
+        assert_eq!(all, everything(&s.store).await);
+    }
+}
