@@ -18,8 +18,8 @@
 //! - A changed state is written over its old entry when it fits (most
 //!   changes only change numbers, and each entry has a few bytes of slack),
 //!   else appended, and the old entry becomes garbage. When the arena is
-//!   full, accounts not in it are not added; once a quarter of it is
-//!   garbage, it starts over.
+//!   full (or holds [`ENTRIES_MAX`] entries), accounts not in it are not
+//!   added; once a quarter of it is garbage, it starts over.
 //! - The cache clears this tier whenever it clears the decoded one.
 
 use super::cache::Cached;
@@ -42,8 +42,13 @@ const ENTRY_BYTES_MAX: usize = 1024;
 /// Room after each appended entry, so a change that lengthens a number by a
 /// byte or two still fits in place.
 const ENTRY_SLACK_BYTES: usize = 8;
-/// Average entry the index is sized for, so it is allocated once.
-const ENTRY_BYTES_TYPICAL: usize = 128;
+/// Most entries, whatever their size: the index's table then never grows
+/// past 2^21 slots (~34 MB; a `hashbrown` table holds 7/8 of its slots),
+/// so the tier's memory is bounded however small the states are.
+const ENTRIES_MAX: usize = (1 << 21) / 8 * 7;
+/// The smallest entry is over this (id, flags, times, slack), which bounds
+/// a small arena's entries below [`ENTRIES_MAX`].
+const ENTRY_BYTES_MIN: usize = 16;
 
 #[derive(Clone, Copy)]
 struct Slot {
@@ -53,6 +58,7 @@ struct Slot {
 
 pub struct Compact {
     bytes_max: usize,
+    entries_max: usize,
     index: IdMap<u64, Slot>,
     hasher: foldhash::fast::RandomState,
     arena: Vec<u8>,
@@ -69,6 +75,7 @@ impl Compact {
     pub fn new(bytes_max: usize) -> Compact {
         Compact {
             bytes_max: bytes_max.min(u32::MAX as usize),
+            entries_max: ENTRIES_MAX.min(bytes_max / ENTRY_BYTES_MIN),
             index: IdMap::default(),
             hasher: Default::default(),
             arena: Vec::new(),
@@ -137,6 +144,9 @@ impl Compact {
             self.garbage += slot.len as usize;
         }
         let Some(entry) = entry else { return };
+        if self.index.len() >= self.entries_max {
+            return; // as a full arena, below
+        }
         let len = entry.len() + ENTRY_SLACK_BYTES;
         if self.arena.len() + len > self.bytes_max {
             if self.garbage * 4 < self.bytes_max {
@@ -146,8 +156,9 @@ impl Compact {
         }
         if self.arena.capacity() == 0 {
             self.arena.reserve_exact(self.bytes_max);
-            self.index
-                .reserve((self.bytes_max / ENTRY_BYTES_TYPICAL).min(1 << 24));
+            // Only the table's control bytes are written now; its slots
+            // cost memory as they fill.
+            self.index.reserve(self.entries_max);
         }
         let offset = self.arena.len();
         self.arena.extend_from_slice(entry);
@@ -746,6 +757,22 @@ mod tests {
         }
         assert!(started_over);
         assert!(kept.iter().any(|n| c.get(&id(n)).is_some()));
+    }
+
+    #[test]
+    fn the_entries_are_bounded_as_well_as_the_bytes() {
+        let mut c = Compact::new(1 << 20);
+        c.entries_max = 10;
+        for i in 0..20 {
+            c.put(&state(&format!("a{i}"), vec![]), None);
+        }
+        assert_eq!(c.len(), 10);
+        assert!(c.get(&id("a9")).is_some() && c.get(&id("a10")).is_none());
+        // A kept account is still updated in place.
+        let mut s = state("a3", vec![]);
+        s.next_grant_seq = 9;
+        c.put(&s, None);
+        assert_eq!(c.get(&id("a3")).unwrap().state, s);
     }
 
     #[test]
