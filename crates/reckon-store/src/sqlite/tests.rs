@@ -2,7 +2,8 @@
 //! stores whose caches differ only in size, must give the same answers,
 //! states and events. The small caches evict on nearly every batch, and the
 //! compact tier fills, refuses accounts and starts over; the uncached store
-//! reads every account from SQLite.
+//! reads every account from SQLite. Now and then a second handle on the
+//! same file (as the admin CLI would be) writes a batch instead.
 
 use super::cache::Cache;
 use super::SqliteStore;
@@ -131,17 +132,19 @@ fn random_request(rng: &mut Rng, step: usize, holds: &mut [String]) -> Request {
 struct Under {
     store: SqliteStore,
     clock: Arc<ManualClock>,
+    path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 fn store(cache: Cache) -> Under {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_700_000_000_000)));
-    let store =
-        SqliteStore::open_with_cache(dir.path().join("ledger.db"), clock.clone(), cache).unwrap();
+    let path = dir.path().join("ledger.db");
+    let store = SqliteStore::open_with_cache(&path, clock.clone(), cache).unwrap();
     Under {
         store,
         clock,
+        path,
         _dir: dir,
     }
 }
@@ -209,6 +212,9 @@ async fn answers_states_and_events_do_not_depend_on_the_cache() {
             _ => 0,
         };
         let purge = rng.below(50) == 0;
+        // Another process writing the file (the admin CLI): the writer
+        // must see it and drop both tiers of its cache.
+        let elsewhere = rng.below(30) == 0;
         // A maintenance job that appends an event, moving a chain head.
         let credential = (rng.below(50) == 0).then(|| {
             let key = crate::CredentialKey::parse(&format!("pk-{step}"), true).unwrap();
@@ -225,7 +231,12 @@ async fn answers_states_and_events_do_not_depend_on_the_cache() {
                 let added = s.store.add_credential(account, key.clone(), s.clock.now());
                 added.await.unwrap().unwrap();
             }
-            let got = s.store.submit_many(batch.clone()).await;
+            let got = if elsewhere {
+                let other = SqliteStore::open(&s.path, s.clock.clone()).unwrap();
+                other.submit_many(batch.clone()).await
+            } else {
+                s.store.submit_many(batch.clone()).await
+            };
             answers.push(format!("{got:?}"));
         }
         assert_eq!(answers[0], answers[1], "step {step}, compact only");
