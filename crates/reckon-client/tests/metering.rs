@@ -32,6 +32,7 @@ async fn start_reckon() -> (String, tempfile::TempDir) {
         sweep_interval_secs: 3_600,
         hold_ttl_default_secs: 300,
         hold_ttl_max_secs: 3_600,
+        sqlite_compact_cache_bytes: reckon_store::sqlite::COMPACT_BYTES_MAX,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

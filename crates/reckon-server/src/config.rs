@@ -18,6 +18,9 @@ pub struct Config {
     pub sweep_interval_secs: u64,
     pub hold_ttl_default_secs: u64,
     pub hold_ttl_max_secs: u64,
+    /// Bytes for the SQLite writer cache's compact tier
+    /// (`reckon_store::sqlite::COMPACT_BYTES_MAX` by default).
+    pub sqlite_compact_cache_bytes: usize,
 }
 
 /// Keys never print, even in debug output.

@@ -48,7 +48,8 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let store: Arc<dyn Store> = match &config.database {
         Database::Sqlite(path) => {
-            let sqlite = SqliteStore::open(path, clock.clone())?;
+            let bytes = config.sqlite_compact_cache_bytes;
+            let sqlite = SqliteStore::open_with_compact_cache(path, clock.clone(), bytes)?;
             // Serving, unlike a one-shot CLI command: worth reading the file
             // into the OS page cache in the background.
             sqlite.warm_page_cache()?;

@@ -135,6 +135,7 @@ pub fn config(database: Database, admin: Vec<String>) -> Config {
         sweep_interval_secs: 3_600,
         hold_ttl_default_secs: 300,
         hold_ttl_max_secs: 3_600,
+        sqlite_compact_cache_bytes: reckon_store::sqlite::COMPACT_BYTES_MAX,
     }
 }
 

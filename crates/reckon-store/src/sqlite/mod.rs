@@ -27,6 +27,7 @@ mod warm;
 
 pub use account_log::LOG_SLACK_ROWS;
 pub use cache::DECODED_ACCOUNTS_MAX;
+pub use compact::COMPACT_BYTES_MAX;
 pub use warm::WARM_BYTES_MAX;
 
 use crate::clock::Clock;
@@ -183,6 +184,18 @@ impl SqliteStore {
     /// migrations and starts the writer thread.
     pub fn open(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
         SqliteStore::open_with_cache(path, clock, cache::Cache::default())
+    }
+
+    /// [`SqliteStore::open`] with at most `compact_cache_bytes` for the
+    /// writer cache's compact tier ([`COMPACT_BYTES_MAX`] by default; 0
+    /// keeps none). Its index takes up to ~34 MB more as it fills.
+    pub fn open_with_compact_cache(
+        path: impl AsRef<Path>,
+        clock: Arc<dyn Clock>,
+        compact_cache_bytes: usize,
+    ) -> Result<SqliteStore, StoreError> {
+        let cache = cache::Cache::new(DECODED_ACCOUNTS_MAX, compact_cache_bytes);
+        SqliteStore::open_with_cache(path, clock, cache)
     }
 
     /// [`SqliteStore::open`] with the writer's cache given (tests shrink it).
