@@ -22,7 +22,7 @@
 //! event points back to. Writes on the writer's connection that bypass the
 //! cache (credential changes append events) must [`Cache::clear`] it.
 
-use super::compact::{Compact, COMPACT_BYTES_MAX};
+use super::compact::Compact;
 use crate::executor::IdMap;
 use reckon_core::{AccountId, AccountState, HoldStatus};
 
@@ -42,12 +42,6 @@ pub struct Cache {
     decoded_max: usize,
     compact: Compact,
     data_version: Option<i64>,
-}
-
-impl Default for Cache {
-    fn default() -> Cache {
-        Cache::new(DECODED_ACCOUNTS_MAX, COMPACT_BYTES_MAX)
-    }
 }
 
 impl Cache {

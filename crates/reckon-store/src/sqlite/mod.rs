@@ -183,7 +183,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies
     /// migrations and starts the writer thread.
     pub fn open(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<SqliteStore, StoreError> {
-        SqliteStore::open_with_cache(path, clock, cache::Cache::default())
+        SqliteStore::open_with_compact_cache(path, clock, COMPACT_BYTES_MAX)
     }
 
     /// [`SqliteStore::open`] with at most `compact_cache_bytes` for the
