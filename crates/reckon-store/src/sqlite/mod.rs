@@ -4,12 +4,14 @@
 //! request it can (up to [`BATCH_REQUESTS_MAX`]), runs the shared executor
 //! step on them, writes the result and commits once: group commit. It does
 //! not answer yet. The commit only writes the WAL (`synchronous = NORMAL` on
-//! this connection); the answers go to the durability thread (`durable.rs`),
-//! which fsyncs the WAL and only then answers, in commit order. So an
-//! acknowledged write survives a power cut, exactly as with
-//! `synchronous = FULL`, but the writer builds the next batch while the
-//! previous one's fsync runs, and one fsync covers every batch committed
-//! while the last one ran.
+//! this connection); the answers go to the durability threads
+//! (`durable.rs`), which fsync the WAL and only then answer a batch, once
+//! an fsync that began after its commit has ended. So an acknowledged write
+//! survives a power cut, exactly as with `synchronous = FULL`, but the
+//! writer builds the next batch while the previous one's fsync runs, and a
+//! batch committed while one fsync is in flight starts a second at once
+//! (at most two in flight); each fsync covers every batch committed before
+//! it began.
 //!
 //! Reads use a small pool of separate connections; WAL lets them run while
 //! the writer writes, and they see only committed batches.
@@ -173,7 +175,7 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
     // FULL: the WAL is fsynced at every commit, so nothing acknowledged is
     // lost on power failure. The writer's connection switches to NORMAL and
-    // fsyncs through its durability thread instead (see the module docs).
+    // fsyncs through its durability threads instead (see the module docs).
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     Ok(conn)
@@ -218,7 +220,7 @@ impl SqliteStore {
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         writer.pragma_update(None, "cache_spill", WRITER_SPILL_PAGES)?;
         // Commits write the WAL without fsync; nothing is answered until the
-        // durability thread has fsynced it. (NORMAL still fsyncs the WAL
+        // durability threads have fsynced it. (NORMAL still fsyncs the WAL
         // before a checkpoint copies it, and the database after.)
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         let durability = durable::start(&path)?;
