@@ -24,8 +24,8 @@
 //! changes, so it can never fsync a stale file.
 //!
 //! With `RECKON_LOG=reckon_store=debug` the threads log, every
-//! `SYNC_REPORT_INTERVAL`, how many fsyncs they ran, how long they took and
-//! how long a batch waited here for its answer: the part of a request's
+//! `report::REPORT_INTERVAL`, how many fsyncs they ran, how long they took
+//! and how long a batch waited here for its answer: the part of a request's
 //! latency that the disk adds.
 //!
 //! A failed fsync aborts the process. After one, the kernel may have dropped
@@ -33,20 +33,18 @@
 //! reached the disk; the only safe answer is to restart from what is on
 //! disk (PostgreSQL does the same).
 
+use super::report::Report;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// How many fsyncs of the WAL may be in flight at once. Two made this VM's
 /// disk take ~1.4x as many fsyncs a second as one, each ~1.5x slower; more
 /// gave no more.
 const SYNC_THREADS: usize = 2;
-
-/// How often the durability threads log their fsync figures (debug level).
-const SYNC_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Sends one batch's (or maintenance job's) answers.
 pub type Answer = Box<dyn FnOnce() + Send>;
@@ -77,7 +75,7 @@ struct Queue {
     closed: bool,
     /// An fsync failed: nothing more is answered (the process aborts).
     failed: bool,
-    report: SyncReport,
+    report: Report,
 }
 
 struct Shared {
@@ -96,7 +94,7 @@ impl Shared {
                 in_flight: 0,
                 closed: false,
                 failed: false,
-                report: SyncReport::new(Instant::now()),
+                report: Report::new(Instant::now()),
             }),
             changed: Condvar::new(),
         }
@@ -193,7 +191,7 @@ fn answer_after_sync(
             let answered = Instant::now();
             let group: Vec<Pending> = q.pending.drain(..ready).collect();
             for p in &group {
-                q.report.answered(answered - p.queued);
+                q.report.waits.add(answered - p.queued);
             }
             drop(q);
             for p in group {
@@ -217,9 +215,18 @@ fn answer_after_sync(
                 shared.changed.notify_all();
                 return Err(e);
             }
-            q.report.synced(started.elapsed());
+            q.report.work.add(started.elapsed());
             q.durable = q.durable.max(target);
-            q.report.log_if_due(Instant::now());
+            if let Some((seconds, syncs, waits)) = q.report.take_if_due(Instant::now()) {
+                tracing::debug!(
+                    seconds,
+                    fsyncs = syncs.count(),
+                    fsync_mean_us = syncs.mean_us(),
+                    batches = waits.count(),
+                    batch_wait_mean_us = waits.mean_us(),
+                    "WAL fsyncs"
+                );
+            }
             // Another thread may be waiting with answers now durable.
             shared.changed.notify_all();
             continue;
@@ -232,57 +239,6 @@ fn answer_after_sync(
         q = shared.changed.wait(q).unwrap_or_else(|p| p.into_inner());
     }
 }
-/// Counts for the debug log: fsyncs and their time, batches and their wait
-/// (from the writer's hand-over to the answer: the fsync in flight, if any,
-/// then the batch's own).
-struct SyncReport {
-    since: Instant,
-    syncs: u32,
-    synced: Duration,
-    batches: u32,
-    waited: Duration,
-}
-
-impl SyncReport {
-    fn new(now: Instant) -> SyncReport {
-        SyncReport {
-            since: now,
-            syncs: 0,
-            synced: Duration::ZERO,
-            batches: 0,
-            waited: Duration::ZERO,
-        }
-    }
-
-    fn synced(&mut self, took: Duration) {
-        self.syncs += 1;
-        self.synced += took;
-    }
-
-    fn answered(&mut self, waited: Duration) {
-        self.batches += 1;
-        self.waited += waited;
-    }
-
-    fn log_if_due(&mut self, now: Instant) {
-        let elapsed = now - self.since;
-        if elapsed < SYNC_REPORT_INTERVAL {
-            return;
-        }
-        if self.batches > 0 {
-            tracing::debug!(
-                seconds = elapsed.as_secs_f64(),
-                fsyncs = self.syncs,
-                fsync_mean_us = (self.synced / self.syncs.max(1)).as_micros() as u64,
-                batches = self.batches,
-                batch_wait_mean_us = (self.waited / self.batches).as_micros() as u64,
-                "WAL fsyncs"
-            );
-        }
-        *self = SyncReport::new(now);
-    }
-}
-
 fn sync(wal: &Path, file: &mut Option<(File, u64)>) -> std::io::Result<()> {
     let inode = inode_of(wal)?;
     let current = match file.take() {

@@ -21,6 +21,7 @@ mod cache;
 mod compact;
 mod credentials;
 mod durable;
+mod report;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -46,6 +47,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// Requests that may wait for the writer before submitters are slowed down.
@@ -95,7 +97,9 @@ type Reply = oneshot::Sender<Vec<Result<Executed, ExecError>>>;
 type Maintenance = Box<dyn FnOnce(&mut Connection) -> durable::Answer + Send>;
 
 enum Job {
-    Execute(Vec<Request>, Reply),
+    /// Requests from one caller, with when they were queued (for the
+    /// writer's debug report).
+    Execute(Vec<Request>, Reply, Instant),
     /// A non-ledger write (settings, purges) run on the writer's connection
     /// between batches, so the writer stays the only writer.
     Maintain(Maintenance, Touches),
@@ -381,6 +385,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterP
     } = parts;
     let mut last_now = Timestamp::EPOCH;
     let mut pending: Option<Job> = None;
+    let mut report = report::Report::new(Instant::now());
     loop {
         let first = match pending.take() {
             Some(job) => job,
@@ -389,7 +394,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterP
                 None => break, // every handle dropped: shut down
             },
         };
-        let (requests, replies) = match first {
+        let (requests, replies, started) = match first {
             Job::Maintain(f, touches) => {
                 let answer = f(&mut conn);
                 if touches == Touches::Accounts {
@@ -398,14 +403,17 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterP
                 durability.answer_when_durable(answer, true);
                 continue;
             }
-            Job::Execute(requests, reply) => {
+            Job::Execute(requests, reply, queued) => {
+                let started = Instant::now();
                 let mut all = Vec::new();
+                report.waits.add(started - queued);
                 let mut replies = vec![(requests.len(), reply)];
                 all.extend(requests);
                 // Take whatever else is queued, up to the batch limit.
                 while all.len() < BATCH_REQUESTS_MAX {
                     match rx.try_recv() {
-                        Ok(Job::Execute(more, reply)) => {
+                        Ok(Job::Execute(more, reply, queued)) => {
+                            report.waits.add(started.saturating_duration_since(queued));
                             replies.push((more.len(), reply));
                             all.extend(more);
                         }
@@ -416,7 +424,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterP
                         Err(_) => break,
                     }
                 }
-                (all, replies)
+                (all, replies, started)
             }
         };
         // Time never runs backwards inside the ledger, even if the wall clock does.
@@ -436,6 +444,17 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterP
                 (failed, false)
             }
         };
+        report.work.add(started.elapsed());
+        if let Some((seconds, batches, waits)) = report.take_if_due(Instant::now()) {
+            tracing::debug!(
+                seconds,
+                batches = batches.count(),
+                batch_mean_us = batches.mean_us(),
+                jobs = waits.count(),
+                queue_wait_mean_us = waits.mean_us(),
+                "writer batches"
+            );
+        }
         // Even a batch that wrote nothing waits its turn: its answers (a
         // replay, a balance) may rest on an earlier batch not yet fsynced.
         durability.answer_when_durable(
@@ -628,7 +647,7 @@ impl Store for SqliteStore {
             if self
                 .inner
                 .jobs
-                .send(Job::Execute(requests, tx))
+                .send(Job::Execute(requests, tx, Instant::now()))
                 .await
                 .is_err()
             {
