@@ -406,7 +406,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterP
             Job::Execute(requests, reply, queued) => {
                 let started = Instant::now();
                 let mut all = Vec::new();
-                report.waits.add(started - queued);
+                report.waits.add(started.saturating_duration_since(queued));
                 let mut replies = vec![(requests.len(), reply)];
                 all.extend(requests);
                 // Take whatever else is queued, up to the batch limit.
