@@ -141,19 +141,35 @@ pub fn start(path: &Path) -> std::io::Result<Durability> {
     let shared = Arc::new(Shared::new());
     let mut threads = Vec::with_capacity(SYNC_THREADS);
     for _ in 0..SYNC_THREADS {
-        let shared = shared.clone();
+        let shared_here = shared.clone();
         let wal = wal.clone();
-        threads.push(std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("reckon-fsync".into())
             .spawn(move || {
                 let mut file = None;
-                answer_after_sync(&shared, || sync(&wal, &mut file)).unwrap_or_else(|e| {
+                answer_after_sync(&shared_here, || sync(&wal, &mut file)).unwrap_or_else(|e| {
                     tracing::error!(error = %e, wal = %wal.display(), "fsync of the WAL failed; stopping so nothing unsynced is acknowledged");
                     std::process::abort()
                 })
-            })?);
+            });
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                // Let the threads already started end.
+                shared.close();
+                return Err(e);
+            }
+        }
     }
     Ok(Durability { shared, threads })
+}
+
+/// A writer that stops without `finish` (it panicked) still lets the
+/// threads send what is durable and end, instead of waiting forever.
+impl Drop for Durability {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
 }
 
 impl Durability {
@@ -165,7 +181,7 @@ impl Durability {
     /// Sends every queued answer (after its fsync) and stops the threads.
     pub fn finish(mut self) {
         self.shared.close();
-        for thread in self.threads.drain(..) {
+        for thread in std::mem::take(&mut self.threads) {
             let _ = thread.join();
         }
     }
@@ -398,6 +414,23 @@ mod tests {
         })
         .unwrap();
         assert_eq!(*log.lock().unwrap(), ["fsync 1", "w1", "fsync 2", "w2"]);
+    }
+
+    #[test]
+    fn dropped_without_finish_the_threads_still_answer_and_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let durability = start(&dir.path().join("x.db")).unwrap();
+        let shared = durability.shared.clone();
+        let (tx, rx) = mpsc::channel();
+        durability.answer_when_durable(Box::new(move || tx.send("read").unwrap()), false);
+        drop(durability);
+        assert_eq!(rx.recv().unwrap(), "read");
+        // Each thread holds a clone of `shared` until it returns.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while Arc::strong_count(&shared) > 1 {
+            assert!(Instant::now() < deadline, "the sync threads did not end");
+            std::thread::yield_now();
+        }
     }
 
     #[test]
