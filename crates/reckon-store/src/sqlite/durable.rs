@@ -16,7 +16,10 @@
 //! one is in flight starts its own at once instead of waiting for it to
 //! finish first: under load an fsync here takes 0.3-0.5 ms, and a batch's
 //! wait for the one in flight was most of what the disk added to a request
-//! (docs/performance-log.md).
+//! (docs/performance-log.md). A thread sends the answers it takes in commit
+//! order, but the two threads may be sending different batches' answers at
+//! the same moment: a caller cannot tell that from network timing, and no
+//! answer leaves before its batch is on disk.
 //!
 //! The WAL file is the same inode for as long as any connection has the
 //! database open (SQLite truncates and rewrites it, never replaces it, and
