@@ -201,15 +201,22 @@ const DECIMAL_TEXT_BYTES_MAX: usize = 20;
 
 /// An amount's shortest exact decimal text, held on the stack: responses
 /// write several amounts each, and a `String` per amount was an allocation.
+/// The text sits at the end of `bytes`, from `start`: it is written
+/// backwards, and left there rather than moved to the front.
 pub struct DecimalText {
     bytes: [u8; DECIMAL_TEXT_BYTES_MAX],
-    len: usize,
+    start: usize,
 }
 
 impl DecimalText {
     pub fn as_str(&self) -> &str {
         // Only ASCII digits and '.' are ever written.
-        std::str::from_utf8(&self.bytes[..self.len]).expect("ASCII")
+        std::str::from_utf8(self.as_bytes()).expect("ASCII")
+    }
+
+    /// The same text as bytes, without `as_str`'s UTF-8 check.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[self.start..]
     }
 }
 
@@ -218,11 +225,11 @@ impl Amount {
     pub fn decimal(self) -> DecimalText {
         let mut text = DecimalText {
             bytes: [0; DECIMAL_TEXT_BYTES_MAX],
-            len: 0,
+            start: DECIMAL_TEXT_BYTES_MAX,
         };
         let mut units = self.0 / MICROS_PER_UNIT;
         let mut frac = self.0 % MICROS_PER_UNIT;
-        // Written backwards from the end, then moved to the front.
+        // Written backwards from the end.
         let mut at = DECIMAL_TEXT_BYTES_MAX;
         if frac != 0 {
             let mut digits = AMOUNT_DECIMALS;
@@ -246,8 +253,7 @@ impl Amount {
                 break;
             }
         }
-        text.bytes.copy_within(at.., 0);
-        text.len = DECIMAL_TEXT_BYTES_MAX - at;
+        text.start = at;
         text
     }
 }

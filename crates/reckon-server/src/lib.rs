@@ -21,13 +21,13 @@ pub mod config;
 pub mod error;
 pub mod native;
 pub mod openapi;
+pub mod render;
 pub mod scheduler;
 pub mod startup;
 pub mod views;
 pub mod wire;
 
 use crate::error::ApiResult;
-use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -133,12 +133,10 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     // Around the whole router once, not around every route: `Router::layer`
     // wraps each route in a boxed service that is cloned for every request,
     // which was ~6 of a `usage` request's ~62 allocations (and of a
-    // `healthz`'s ~28). Outermost first, as before: CORS (off unless
-    // configured), tracing, then the default body limit (a route's own
-    // limit, `batch`'s, sits inside it and wins).
+    // `healthz`'s ~28). Outermost first: CORS (off unless configured), then
+    // tracing. Body limits are `wire::JsonBody`'s, per extractor.
     let layered = tower::ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
-        .layer(DefaultBodyLimit::max(wire::BODY_BYTES_MAX))
         .service(routes);
     let app = Router::new().fallback_service(layered);
     match cors(cors_origins) {

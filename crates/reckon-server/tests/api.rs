@@ -220,6 +220,40 @@ async fn account_lifecycle_and_errors() {
         "a body without a JSON content type"
     );
     let r = app
+        .admin(Method::POST, "/v1/accounts")
+        .body("{\"id\":\"x\"} []")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (400, "invalid_json".into()),
+        "trailing characters after the value"
+    );
+    let r = app
+        .admin(Method::POST, "/v1/accounts")
+        .json(&json!({"id": 5}))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "Failed to deserialize the JSON body into the target type: id: invalid type"
+        ),
+        "the message names the field: {message}"
+    );
+    let r = app
+        .admin(Method::POST, "/v1/accounts")
+        .body("{\"id\":\"typed\"}")
+        .header("content-type", "application/json; charset=utf-8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "a charset parameter is still JSON");
+    let r = app
         .service(Method::GET, "/v1/accounts/nobody")
         .send()
         .await

@@ -139,5 +139,23 @@ async fn scopes_and_limits() {
         "1,000 operations fit one batch"
     );
     assert_eq!(app.available("a").await, "0");
+    // A batch may be larger than an ordinary body, up to its own limit.
+    let padded = |bytes: usize| {
+        let ops = r#"{"operations": [{"op": "check", "account_id": "a", "amount": 1}]"#;
+        format!("{ops}{}}}", " ".repeat(bytes - ops.len() - 1))
+    };
+    let send = |body: String| {
+        app.service(Method::POST, "/v1/batch")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = send(padded(reckon_server::wire::BODY_BYTES_MAX * 2))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let over = reckon_server::native::batch::BATCH_BODY_BYTES_MAX + 1;
+    let r = send(padded(over)).await.unwrap();
+    assert_eq!(error_code(r).await, (413, "payload_too_large".into()));
     app.stop().await;
 }

@@ -4,12 +4,13 @@
 use crate::auth::{Scope, ServiceAuth};
 use crate::error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
 use crate::native::holds::ttl_secs;
+use crate::render::{self, Render};
 use crate::views::{BalanceView, GrantView, HoldView};
-use crate::wire::{self, JsonBody};
+use crate::wire::{self, JsonBody, Rendered};
 use crate::AppState;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use reckon_core::{
     Command, CreateAccount, GrantCmd, GrantExpiry, LockCmd, OveragePolicy, ReleaseCmd, SettleCmd,
     Unit, UsageCmd,
@@ -25,10 +26,7 @@ pub const BATCH_OPERATIONS_MAX: usize = 1_000;
 pub const BATCH_BODY_BYTES_MAX: usize = 1024 * 1024;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route(
-        "/v1/batch",
-        post(batch).layer(DefaultBodyLimit::max(BATCH_BODY_BYTES_MAX)),
-    )
+    Router::new().route("/v1/batch", post(batch))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -88,6 +86,64 @@ impl OpResult {
 #[derive(Serialize, ToSchema)]
 pub struct BatchResponse {
     pub results: Vec<OpResult>,
+}
+
+impl Render for OpResult {
+    fn render(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ok\":");
+        render::boolean(out, self.ok);
+        out.extend_from_slice(b",\"status\":");
+        render::integer(out, self.status.into());
+        if let Some(error) = &self.error {
+            out.extend_from_slice(b",\"error\":");
+            error.render(out);
+        }
+        if let Some(balance) = &self.balance {
+            out.extend_from_slice(b",\"balance\":");
+            balance.render(out);
+        }
+        if let Some(grant) = &self.grant {
+            out.extend_from_slice(b",\"grant\":");
+            render::serialized(out, grant);
+        }
+        if let Some(hold) = &self.hold {
+            out.extend_from_slice(b",\"hold\":");
+            render::serialized(out, hold);
+        }
+        if let Some(allowed) = self.allowed {
+            out.extend_from_slice(b",\"allowed\":");
+            render::boolean(out, allowed);
+        }
+        if let Some(reason) = self.reason {
+            out.extend_from_slice(b",\"reason\":");
+            render::text(out, reason);
+        }
+        if self.replayed {
+            out.extend_from_slice(b",\"replayed\":true");
+        }
+        out.push(b'}');
+    }
+}
+
+/// Bytes a result with a balance takes, about: what a batch reserves per
+/// operation before rendering.
+const RESULT_BYTES_TYPICAL: usize = 160;
+
+impl Render for BatchResponse {
+    fn render(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"results\":[");
+        for (i, r) in self.results.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            r.render(out);
+        }
+        out.extend_from_slice(b"]}");
+    }
+
+    fn size_hint(&self) -> usize {
+        16 + self.results.len() * RESULT_BYTES_TYPICAL
+    }
 }
 
 /// Fields any operation may carry; `deny_unknown_fields` catches typos.
@@ -286,8 +342,8 @@ fn render(state: &AppState, result: Result<Executed, ExecError>) -> OpResult {
 pub async fn batch(
     ServiceAuth(scope): ServiceAuth,
     State(state): State<AppState>,
-    JsonBody(body): JsonBody<BatchBody>,
-) -> ApiResult<Json<BatchResponse>> {
+    JsonBody(body): JsonBody<BatchBody, BATCH_BODY_BYTES_MAX>,
+) -> ApiResult<Rendered<BatchResponse>> {
     if body.operations.is_empty() || body.operations.len() > BATCH_OPERATIONS_MAX {
         return Err(ApiError::invalid(
             "invalid_batch",
@@ -354,5 +410,5 @@ pub async fn batch(
             ),
         })
         .collect();
-    Ok(Json(BatchResponse { results }))
+    Ok(Rendered(BatchResponse { results }))
 }

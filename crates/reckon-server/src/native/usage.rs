@@ -2,13 +2,14 @@
 
 use crate::auth::ServiceAuth;
 use crate::error::{ApiResult, ErrorBody};
+use crate::render::{self, Render};
 use crate::views::{AmountText, BalanceView};
-use crate::wire::{self, IdempotencyHeader, JsonBody};
+use crate::wire::{self, IdempotencyHeader, JsonBody, Rendered};
 use crate::{with_replay_flag, AppState};
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use reckon_core::{Command, Rejection, UsageCmd};
 use reckon_store::Request;
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,18 @@ pub struct UsageResponse {
     #[schema(value_type = String)]
     pub amount: AmountText,
     pub balance: BalanceView,
+}
+
+impl Render for UsageResponse {
+    fn render(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"account_id\":");
+        render::text(out, &self.account_id);
+        out.extend_from_slice(b",\"amount\":");
+        self.amount.render(out);
+        out.extend_from_slice(b",\"balance\":");
+        self.balance.render(out);
+        out.push(b'}');
+    }
 }
 
 /// Record usage: spend from the balance, or refuse with 402 and change nothing.
@@ -72,7 +85,7 @@ pub async fn record_usage(
         amount: AmountText(amount),
         balance: executed.outcome.balance.into(),
     };
-    Ok(with_replay_flag(&executed, Json(response)))
+    Ok(with_replay_flag(&executed, Rendered(response)))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -92,6 +105,21 @@ pub struct CheckResponse {
     pub reason: Option<&'static str>,
 }
 
+impl Render for CheckResponse {
+    fn render(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"allowed\":");
+        render::boolean(out, self.allowed);
+        out.extend_from_slice(b",\"available\":");
+        self.available.render(out);
+        out.extend_from_slice(b",\"reason\":");
+        match self.reason {
+            Some(reason) => render::text(out, reason),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+    }
+}
+
 /// May this account spend `amount` now? Read-only.
 #[utoipa::path(post, path = "/v1/accounts/{id}/check", tag = "usage", params(("id" = String, Path)),
     request_body = CheckBody,
@@ -102,7 +130,7 @@ pub async fn check(
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<CheckBody>,
-) -> ApiResult<Json<CheckResponse>> {
+) -> ApiResult<Rendered<CheckResponse>> {
     let amount = wire::amount(&body.amount, "amount")?;
     let account = wire::account_id(&id)?;
     // Through the writer, like a spend: it answers from the account it holds
@@ -115,7 +143,7 @@ pub async fn check(
         .outcome
         .check
         .expect("a check command answers with a check");
-    Ok(Json(CheckResponse {
+    Ok(Rendered(CheckResponse {
         allowed: c.allowed,
         available: AmountText(c.available),
         reason: c.reason.map(Rejection::code),
