@@ -208,7 +208,8 @@ pub fn account_id(text: &str) -> ApiResult<AccountId> {
 /// An amount field: a JSON number or a decimal string, parsed exactly.
 pub fn amount(value: &Value, field: &str) -> ApiResult<Amount> {
     let parsed = match value {
-        Value::Number(n) => Amount::parse(&n.to_string()),
+        // With `arbitrary_precision` a number keeps its text: no copy.
+        Value::Number(n) => Amount::parse(n.as_str()),
         Value::String(s) => Amount::parse(s),
         _ => {
             return Err(ApiError::invalid(

@@ -75,6 +75,11 @@ async fn operations_apply_in_order_and_fail_alone() {
     assert_eq!(r[7]["allowed"], false, "the check saw the usage before it");
     assert_eq!(r[7]["reason"], "insufficient_balance");
     assert_eq!(r[8]["balance"]["available"], "4");
+    let message = r[10]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("unknown field `colour`") && !message.contains("line"),
+        "says what is wrong, not where in the operation's own text: {message}"
+    );
     // Settle and release the hold from the first batch in a second one.
     let hold = r[8]["hold"]["id"].as_str().unwrap();
     let r: Value = batch(

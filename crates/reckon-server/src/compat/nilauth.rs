@@ -102,8 +102,8 @@ fn authorised(auth: Result<ServiceAuth, ApiError>) -> NilResult<()> {
 /// An amount sent as a JSON number (a Python float) or a string.
 fn amount(value: &Value, field: &str, rounding: Rounding) -> NilResult<Amount> {
     let text = match value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
+        Value::Number(n) => n.as_str(),
+        Value::String(s) => s.as_str(),
         _ => {
             return Err(NilError::new(
                 StatusCode::BAD_REQUEST,
@@ -111,7 +111,7 @@ fn amount(value: &Value, field: &str, rounding: Rounding) -> NilResult<Amount> {
             ))
         }
     };
-    Amount::parse_rounded(&text, rounding)
+    Amount::parse_rounded(text, rounding)
         .map_err(|e| NilError::new(StatusCode::BAD_REQUEST, format!("invalid {field}: {e}")))
 }
 

@@ -17,6 +17,7 @@ use reckon_core::{
 };
 use reckon_store::{ExecError, Executed, IdempotencyKey, Request};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::ToSchema;
 
@@ -37,8 +38,11 @@ pub struct BatchBody {
     /// and that operation's fields (as in its own endpoint), e.g.
     /// `{"op": "usage", "account_id": "a", "amount": "1", "idempotency_key": "k1"}`,
     /// `{"op": "settle", "hold_id": "...", "amount": 2}`.
+    ///
+    /// Kept as raw text until each is parsed on its own, so that a bad one
+    /// fails alone (and without building a map per operation first).
     #[schema(value_type = Vec<Object>)]
-    pub operations: Vec<Value>,
+    pub operations: Vec<Box<RawValue>>,
 }
 
 /// One operation's result: `ok` and its data, or `error`.
@@ -184,9 +188,17 @@ enum Parsed {
     },
 }
 
-fn parse(state: &AppState, scope: Scope, raw: Value) -> ApiResult<Parsed> {
-    let op: Op = serde_json::from_value(raw)
-        .map_err(|e| ApiError::invalid("invalid_json", e.to_string()))?;
+fn parse(state: &AppState, scope: Scope, raw: &RawValue) -> ApiResult<Parsed> {
+    let op: Op = serde_json::from_str(raw.get()).map_err(|e| {
+        // The position is within this operation's text, which says nothing
+        // to the caller: the result's place in the list says which one.
+        let message = e.to_string();
+        let position = format!(" at line {} column {}", e.line(), e.column());
+        ApiError::invalid(
+            "invalid_json",
+            message.strip_suffix(&position).unwrap_or(&message),
+        )
+    })?;
     let key = op
         .idempotency_key
         .as_deref()
@@ -352,7 +364,7 @@ pub async fn batch(
     }
     let parsed: Vec<ApiResult<Parsed>> = body
         .operations
-        .into_iter()
+        .iter()
         .map(|raw| parse(&state, scope, raw))
         .collect();
     let hold_ids: Vec<String> = parsed
