@@ -2,9 +2,9 @@
 //! an [`ApiError`], and this file alone decides its status code and its
 //! stable code. Internal causes are logged, never sent.
 
+use crate::wire::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use reckon_core::Rejection;
 use reckon_store::{ExecError, StoreError};
 use serde::Serialize;

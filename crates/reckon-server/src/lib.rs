@@ -28,10 +28,11 @@ pub mod views;
 pub mod wire;
 
 use crate::error::ApiResult;
+use crate::wire::Json;
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use reckon_core::Timestamp;
 use reckon_store::{Clock, Executed, Request, Store};
 use std::future::Future;

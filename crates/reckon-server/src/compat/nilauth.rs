@@ -28,12 +28,13 @@ use crate::auth::ServiceAuth;
 use crate::error::ApiError;
 use crate::native::holds::ttl_secs;
 use crate::wire::IdempotencyHeader;
+use crate::wire::Json;
 use crate::AppState;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use reckon_core::{
     AccountId, Amount, Command, LockCmd, OveragePolicy, Rejection, ReleaseCmd, Rounding, SettleCmd,
 };

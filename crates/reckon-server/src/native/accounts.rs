@@ -3,13 +3,14 @@
 use crate::auth::{AdminAuth, ServiceAuth};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::views::AccountView;
+use crate::wire::Json;
 use crate::wire::{self, IdempotencyHeader, JsonBody, QueryParams};
 use crate::{with_replay_flag, AppState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use reckon_core::{AccountStatus, Command, CreateAccount, Unit, UpdateAccount};
 use reckon_store::Request;
 use serde::{Deserialize, Serialize};

@@ -3,12 +3,13 @@
 
 use crate::auth::AdminAuth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::wire::Json;
 use crate::wire::{self, render_time, JsonBody};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use reckon_core::Rejection;
 use reckon_store::{Credential, CredentialKey, CredentialRefusal};
 use serde::{Deserialize, Serialize};

@@ -3,11 +3,12 @@
 use crate::auth::ServiceAuth;
 use crate::error::{ApiResult, ErrorBody};
 use crate::views::EventView;
+use crate::wire::Json;
 use crate::wire::{self, QueryParams};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use reckon_core::Rejection;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};

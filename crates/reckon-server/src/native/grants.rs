@@ -3,13 +3,14 @@
 use crate::auth::AdminAuth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::views::{BalanceView, GrantView};
+use crate::wire::Json;
 use crate::wire::{self, IdempotencyHeader, JsonBody};
 use crate::{with_replay_flag, AppState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use reckon_core::{Command, GrantCmd, GrantExpiry};
 use reckon_store::Request;
 use serde::{Deserialize, Serialize};

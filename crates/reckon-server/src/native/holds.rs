@@ -4,6 +4,7 @@
 use crate::auth::ServiceAuth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::views::{BalanceView, HoldView};
+use crate::wire::Json;
 use crate::wire::{self, IdempotencyHeader, JsonBody, QueryParams};
 use crate::{with_replay_flag, AppState};
 use axum::body::Bytes;
@@ -11,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use reckon_core::{AccountId, Command, HoldStatus, LockCmd, Rejection, ReleaseCmd, SettleCmd};
 use reckon_store::{Executed, Request};
 use serde::{Deserialize, Serialize};
