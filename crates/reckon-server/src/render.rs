@@ -197,17 +197,7 @@ mod tests {
 
     #[test]
     fn batch_results_match_serde() {
-        let plain = |status| OpResult {
-            ok: true,
-            status,
-            error: None,
-            balance: None,
-            grant: None,
-            hold: None,
-            allowed: None,
-            reason: None,
-            replayed: false,
-        };
+        let plain = |status| OpResult::bare(true, status);
         let time = || "2026-01-01T00:00:00Z".to_owned();
         let grant = GrantView {
             id: "g\"1".into(),

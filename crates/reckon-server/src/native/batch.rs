@@ -69,20 +69,28 @@ pub struct OpResult {
 }
 
 impl OpResult {
-    fn failed(e: ApiError) -> OpResult {
+    /// A result with only `ok` and `status`, for the others to fill.
+    pub(crate) fn bare(ok: bool, status: u16) -> OpResult {
         OpResult {
-            ok: false,
-            status: e.status.as_u16(),
-            error: Some(ErrorDetail {
-                code: e.code,
-                message: e.message,
-            }),
+            ok,
+            status,
+            error: None,
             balance: None,
             grant: None,
             hold: None,
             allowed: None,
             reason: None,
             replayed: false,
+        }
+    }
+
+    fn failed(e: ApiError) -> OpResult {
+        OpResult {
+            error: Some(ErrorDetail {
+                code: e.code,
+                message: e.message,
+            }),
+            ..OpResult::bare(false, e.status.as_u16())
         }
     }
 }
@@ -324,15 +332,12 @@ fn parse(state: &AppState, scope: Scope, raw: &RawValue) -> ApiResult<Parsed> {
     }))
 }
 
-fn render(state: &AppState, result: Result<Executed, ExecError>) -> OpResult {
+fn op_result(state: &AppState, result: Result<Executed, ExecError>) -> OpResult {
     match result {
         Err(e) => OpResult::failed(e.into()),
         Ok(executed) => {
             let o = executed.outcome;
             OpResult {
-                ok: true,
-                status: 200,
-                error: None,
                 balance: Some(o.balance.into()),
                 grant: o.grant.as_ref().map(GrantView::from),
                 hold: o.hold.as_ref().map(|h| HoldView::at(h, state.now())),
@@ -341,6 +346,7 @@ fn render(state: &AppState, result: Result<Executed, ExecError>) -> OpResult {
                     .check
                     .and_then(|c| c.reason.map(reckon_core::Rejection::code)),
                 replayed: executed.replayed,
+                ..OpResult::bare(true, 200)
             }
         }
     }
@@ -416,7 +422,7 @@ pub async fn batch(
         .into_iter()
         .map(|slot| match slot {
             Err(e) => OpResult::failed(e),
-            Ok(i) => render(
+            Ok(i) => op_result(
                 &state,
                 executed[i].take().expect("each request answers once"),
             ),
