@@ -1,5 +1,5 @@
 //! Hand-written JSON for the answers on the hot path: a balance, `usage`,
-//! `check` and `/v1/batch` results.
+//! `check`, holds (lock, settle, release) and `/v1/batch` results.
 //!
 //! `serde_json` spends ~500 instructions on each `"key":"value"` pair (a
 //! call per piece through `io::Write`, an escape scan of every key), so a
@@ -14,7 +14,7 @@
 //! these types must be added to its `render` too, or those tests fail.
 
 use crate::error::ErrorDetail;
-use crate::views::{AmountText, BalanceView};
+use crate::views::{AmountText, BalanceView, HoldView};
 use reckon_core::Amount;
 
 /// A value that writes itself as compact JSON, exactly as `serde_json`
@@ -94,6 +94,45 @@ impl Render for BalanceView {
     }
 }
 
+/// `"text"` or `null`.
+pub fn optional_text(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => text(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+impl HoldView {
+    /// The fields without the braces, so that a response can flatten them
+    /// into its own object (`HoldResponse`).
+    pub fn render_fields(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\"id\":");
+        text(out, &self.id);
+        out.extend_from_slice(b",\"account_id\":");
+        text(out, &self.account_id);
+        out.extend_from_slice(b",\"status\":");
+        text(out, self.status);
+        out.extend_from_slice(b",\"amount\":");
+        amount(out, self.amount.0);
+        out.extend_from_slice(b",\"settled_amount\":");
+        amount(out, self.settled_amount.0);
+        out.extend_from_slice(b",\"expires_at\":");
+        text(out, &self.expires_at);
+        out.extend_from_slice(b",\"created_at\":");
+        text(out, &self.created_at);
+        out.extend_from_slice(b",\"resolved_at\":");
+        optional_text(out, self.resolved_at.as_deref());
+    }
+}
+
+impl Render for HoldView {
+    fn render(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        self.render_fields(out);
+        out.push(b'}');
+    }
+}
+
 impl Render for ErrorDetail {
     fn render(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"code\":");
@@ -108,6 +147,7 @@ impl Render for ErrorDetail {
 mod tests {
     use super::*;
     use crate::native::batch::{BatchResponse, OpResult};
+    use crate::native::holds::HoldResponse;
     use crate::native::usage::{CheckResponse, UsageResponse};
     use crate::views::{GrantView, HoldView};
 
@@ -247,6 +287,23 @@ mod tests {
             },
             plain(200),
         ];
+        for resolved_at in [None, Some(time())] {
+            let hold = HoldView {
+                id: "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
+                account_id: "user@example.com".into(),
+                status: "settled",
+                amount: AmountText(Amount::from_micros(2_500_000).unwrap()),
+                settled_amount: AmountText(Amount::from_micros(1).unwrap()),
+                expires_at: time(),
+                created_at: time(),
+                resolved_at,
+            };
+            same(&hold);
+            same(&HoldResponse {
+                hold,
+                balance: balance(Amount::MAX),
+            });
+        }
         for r in &results {
             same(r);
         }

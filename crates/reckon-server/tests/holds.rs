@@ -107,6 +107,19 @@ async fn lock_errors() {
     assert_eq!(error_code(r).await, (404, "hold_not_found".into()));
     let r = release(&app, "no-such-hold").await;
     assert_eq!(error_code(r).await, (404, "hold_not_found".into()));
+    // Release's body is optional, but what is sent must parse and fit.
+    let release_with = |body: String| {
+        app.service(Method::POST, "/v1/holds/no-such-hold/release")
+            .body(body)
+            .send()
+    };
+    let r = release_with("  \n".into()).await.unwrap();
+    assert_eq!(error_code(r).await, (404, "hold_not_found".into()));
+    let r = release_with("{\"colour\": 1}".into()).await.unwrap();
+    assert_eq!(error_code(r).await, (400, "invalid_json".into()));
+    let big = format!("{{\"attributes\": \"{}\"}}", "x".repeat(wire_body_max()));
+    let r = release_with(big).await.unwrap();
+    assert_eq!(error_code(r).await, (413, "payload_too_large".into()));
     let r = app
         .service(Method::GET, "/v1/holds/no-such-hold")
         .send()
@@ -349,4 +362,8 @@ async fn credentials_are_admin_only_and_hidden() {
         .unwrap();
     assert_eq!(error_code(r).await, (404, "credential_not_found".into()));
     app.stop().await;
+}
+
+fn wire_body_max() -> usize {
+    reckon_server::wire::BODY_BYTES_MAX
 }

@@ -120,7 +120,7 @@ impl Render for OpResult {
         }
         if let Some(hold) = &self.hold {
             out.extend_from_slice(b",\"hold\":");
-            render::serialized(out, hold);
+            hold.render(out);
         }
         if let Some(allowed) = self.allowed {
             out.extend_from_slice(b",\"allowed\":");

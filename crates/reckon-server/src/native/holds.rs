@@ -3,11 +3,11 @@
 
 use crate::auth::ServiceAuth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::render::Render;
 use crate::views::{BalanceView, HoldView};
 use crate::wire::Json;
-use crate::wire::{self, IdempotencyHeader, JsonBody, QueryParams};
+use crate::wire::{self, IdempotencyHeader, JsonBody, OptionalJsonBody, QueryParams, Rendered};
 use crate::{with_replay_flag, AppState};
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -51,6 +51,16 @@ pub struct HoldResponse {
     pub balance: BalanceView,
 }
 
+impl Render for HoldResponse {
+    fn render(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        self.hold.render_fields(out);
+        out.extend_from_slice(b",\"balance\":");
+        self.balance.render(out);
+        out.push(b'}');
+    }
+}
+
 fn render(state: &AppState, executed: &Executed, status: StatusCode) -> ApiResult<Response> {
     let hold = executed
         .outcome
@@ -61,7 +71,7 @@ fn render(state: &AppState, executed: &Executed, status: StatusCode) -> ApiResul
         hold: HoldView::at(hold, state.now()),
         balance: executed.outcome.balance.into(),
     };
-    Ok(with_replay_flag(executed, (status, Json(body))))
+    Ok(with_replay_flag(executed, (status, Rendered(body))))
 }
 
 /// The TTL a request asks for, checked against the configured bounds.
@@ -183,14 +193,8 @@ pub async fn release(
     State(state): State<AppState>,
     Path(id): Path<String>,
     idempotency: IdempotencyHeader,
-    body: Bytes,
+    OptionalJsonBody(body): OptionalJsonBody<ReleaseBody>,
 ) -> ApiResult<Response> {
-    let body: ReleaseBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ReleaseBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid("invalid_json", e.to_string()))?
-    };
     let key = wire::idempotency_key(&idempotency, body.idempotency_key.as_deref())?;
     let attributes = wire::attributes(body.attributes.as_ref())?;
     let account = hold_account(&state, &id).await?;
