@@ -31,9 +31,9 @@ pub const PAGE_SIZE_DEFAULT: usize = 100;
 /// else becomes our error shape. Read here rather than through `axum::Json`
 /// because that one parses the `Content-Type` as a full MIME type, gathers
 /// the body through a list of chunks and needs a `DefaultBodyLimit` layer
-/// that adds an extension (a map allocation) to every request: together
-/// ~2,800 of the ~42,000 instructions a `usage` request costs the HTTP
-/// workers (docs/performance-log.md). Messages are axum's, so clients see
+/// that adds an extension (a map allocation) to every request: doing it
+/// here took ~1,900 of the ~42,400 instructions a `usage` request cost the
+/// HTTP workers (docs/performance-log.md). Messages are axum's, so clients see
 /// the same texts as before.
 pub struct JsonBody<T, const LIMIT: usize = BODY_BYTES_MAX>(pub T);
 
