@@ -12,6 +12,7 @@
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::FromRequestParts;
+use axum::http::header::{HeaderName, AUTHORIZATION};
 use axum::http::request::Parts;
 use reckon_store::Store;
 use sha2::{Digest, Sha256};
@@ -105,13 +106,21 @@ impl Keys {
     }
 }
 
+/// The headers a key may arrive in. As `HeaderName`s, not strings: a
+/// lookup by string parses the name first, every request.
+const KEY_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-admin-key"),
+    HeaderName::from_static("x-api-key"),
+    AUTHORIZATION,
+];
+
 /// Which key the request carries, from any of the accepted headers.
 fn presented_scope(parts: &Parts, keys: &Keys) -> Result<Scope, ApiError> {
     let mut best: Option<Scope> = None;
-    for name in ["x-admin-key", "x-api-key", "authorization"] {
+    for name in &KEY_HEADERS {
         for value in parts.headers.get_all(name) {
             let Ok(text) = value.to_str() else { continue };
-            let key = if name == "authorization" {
+            let key = if name == AUTHORIZATION {
                 match text
                     .strip_prefix("Bearer ")
                     .or_else(|| text.strip_prefix("bearer "))

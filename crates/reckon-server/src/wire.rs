@@ -342,9 +342,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(IdempotencyHeader(
-            parts.headers.get("idempotency-key").cloned(),
-        ))
+        // A `HeaderName`, not a string: a lookup by string parses the name.
+        const NAME: axum::http::HeaderName = axum::http::HeaderName::from_static("idempotency-key");
+        Ok(IdempotencyHeader(parts.headers.get(NAME).cloned()))
     }
 }
 
