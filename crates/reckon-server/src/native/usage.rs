@@ -112,10 +112,7 @@ impl Render for CheckResponse {
         out.extend_from_slice(b",\"available\":");
         self.available.render(out);
         out.extend_from_slice(b",\"reason\":");
-        match self.reason {
-            Some(reason) => render::text(out, reason),
-            None => out.extend_from_slice(b"null"),
-        }
+        render::optional_text(out, self.reason);
         out.push(b'}');
     }
 }
