@@ -131,19 +131,35 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .merge(compat::router())
         .with_state(state)
         .merge(openapi::router());
-    // Around the whole router once, not around every route: `Router::layer`
-    // wraps each route in a boxed service that is cloned for every request,
-    // which was ~6 of a `usage` request's ~62 allocations (and of a
-    // `healthz`'s ~28). Outermost first: CORS (off unless configured), then
-    // tracing. Body limits are `wire::JsonBody`'s, per extractor.
-    let layered = tower::ServiceBuilder::new()
-        .layer(TraceLayer::new_for_http())
-        .service(routes);
-    let app = Router::new().fallback_service(layered);
+    // Outermost first: CORS (off unless configured), then request tracing
+    // (only when logged, see `request_tracing`). Body limits are
+    // `wire::JsonBody`'s, per extractor.
+    let app = if request_tracing() {
+        // Around the whole router once, not around every route:
+        // `Router::layer` wraps each route in a boxed service that is cloned
+        // for every request, which was ~6 of a `usage` request's ~62
+        // allocations (and of a `healthz`'s ~28).
+        let traced = tower::ServiceBuilder::new()
+            .layer(TraceLayer::new_for_http())
+            .service(routes);
+        Router::new().fallback_service(traced)
+    } else {
+        routes
+    };
     match cors(cors_origins) {
         Some(layer) => app.layer(layer),
         None => app,
     }
+}
+
+/// Whether a span and a log line per request would be written
+/// (`RECKON_LOG=tower_http=debug`). Otherwise the trace layer is left out:
+/// it cost ~3,300 instructions of a `usage` request's ~34,700 in the HTTP
+/// workers (`scripts/server-instructions`) to emit nothing, as internal
+/// errors are logged where they happen (`error.rs`). Decided once, when
+/// the router is built, so the log filter must be installed before.
+fn request_tracing() -> bool {
+    tracing::enabled!(target: "tower_http::trace::on_response", tracing::Level::DEBUG)
 }
 
 /// CORS for browser dashboards: `*` allows any origin, otherwise the list.
@@ -181,4 +197,19 @@ pub async fn serve(
 /// per commit), and still a UUID for protocols that require one.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_tracing;
+
+    #[test]
+    fn requests_are_traced_only_when_the_log_filter_shows_them() {
+        let shown = tracing_subscriber::fmt()
+            .with_env_filter("info,tower_http=debug")
+            .finish();
+        assert!(tracing::subscriber::with_default(shown, request_tracing));
+        let hidden = tracing_subscriber::fmt().with_env_filter("info").finish();
+        assert!(!tracing::subscriber::with_default(hidden, request_tracing));
+    }
 }
