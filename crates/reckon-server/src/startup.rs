@@ -4,7 +4,7 @@
 
 use crate::config::{Config, Database};
 use crate::scheduler::{self, SchedulerConfig};
-use crate::{router, AppState, Keys, Limits, Shared};
+use crate::{app, AppState, Keys, Limits, Shared};
 use reckon_store::{Clock, PostgresStore, SqliteStore, Store};
 use std::future::Future;
 use std::sync::Arc;
@@ -79,7 +79,7 @@ pub async fn run(
             hold_ttl_max_secs: config.hold_ttl_max_secs,
         },
     });
-    let app = router(state, &config.cors_origins);
+    let app = app(state, &config.cors_origins);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(scheduler::run(
         store,

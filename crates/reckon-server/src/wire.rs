@@ -331,6 +331,28 @@ pub fn stored_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
+/// Extractor: the id in a path of the shape `/v1/{area}/{id}/...`
+/// (`/v1/accounts/{id}/usage`, `/v1/holds/{id}/settle`), percent-decoded as
+/// axum's `Path` would. Read from the URI rather than from axum's path
+/// parameters so that a handler works the same whether axum's router
+/// matched it or `dispatch` did (which skips the router on the hot routes).
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let segment = parts.uri.path().split('/').nth(3).unwrap_or_default();
+        match percent_encoding::percent_decode_str(segment).decode_utf8() {
+            Ok(id) => Ok(PathId(id.into_owned())),
+            Err(_) => Err(ApiError::invalid(
+                "invalid_path",
+                "the id in the path is not UTF-8 once percent-decoded",
+            )),
+        }
+    }
+}
+
 /// Extractor: the raw `Idempotency-Key` header, checked by
 /// [`idempotency_key`]. It copies that one header where axum's `HeaderMap`
 /// extractor would clone every header of every request (~0.5–1 % of the HTTP

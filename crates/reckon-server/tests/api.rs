@@ -44,14 +44,29 @@ async fn health_docs_and_openapi_need_no_key() {
     app.stop().await;
 }
 
-/// The layers around the router (CORS, tracing, the body limit) apply to
-/// every route and to unknown paths alike.
+/// CORS applies to every route, the hot ones included, and to unknown
+/// paths alike.
 #[tokio::test]
 async fn cors_and_unknown_paths() {
-    let app = spawn_app().await; // CORS allows any origin here
+    let dir = tempfile::tempdir().unwrap();
+    let (database, schema) = fresh_database(&dir).await;
+    let mut config = config(database, vec![ADMIN.into()]);
+    config.cors_origins = vec!["*".into()];
+    let app = spawn_with(dir, schema, config).await;
     let origin = "https://dashboard.example";
     let get = |path: &str| app.http.get(app.url(path)).header("Origin", origin).send();
     let r = get("/healthz").await.unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    app.create_account("a").await;
+    app.grant("a", json!("5")).await;
+    let r = app
+        .service(Method::POST, "/v1/accounts/a/usage")
+        .header("Origin", origin)
+        .json(&json!({"amount": "1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
     let preflight = app
         .http
@@ -70,6 +85,48 @@ async fn cors_and_unknown_paths() {
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
     let r = app.http.delete(app.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 405);
+    app.stop().await;
+}
+
+/// `POST` to the hot paths skips axum's router (`dispatch.rs`); the
+/// answers must be the router's: ids percent-decoded, an empty id refused,
+/// other methods 405, a trailing slash 404.
+#[tokio::test]
+async fn hot_routes_answer_as_the_router_does() {
+    let app = spawn_app().await;
+    app.create_account("team.7").await;
+    app.grant("team.7", json!("5")).await;
+    let usage = |path: &str| {
+        app.service(Method::POST, path)
+            .json(&json!({"amount": "1"}))
+            .send()
+    };
+    let r = usage("/v1/accounts/team%2E7/usage").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["account_id"], "team.7");
+    assert_eq!(body["balance"]["available"], "4");
+    let r = usage("/v1/accounts/%FF/usage").await.unwrap();
+    assert_eq!(error_code(r).await, (400, "invalid_path".into()));
+    let r = usage("/v1/accounts/team.7/usage/").await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = usage("/v1/accounts//usage").await.unwrap();
+    assert_eq!(error_code(r).await, (400, "invalid_id".into()));
+    let r = app
+        .service(Method::GET, "/v1/accounts/team.7/usage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let r = app
+        .service(Method::POST, "/v1/accounts/team%2E7/check")
+        .json(&json!({"amount": "9"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["allowed"], false, "{body}");
+    assert_eq!(app.available("team.7").await, "4");
     app.stop().await;
 }
 

@@ -6,7 +6,9 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::render::Render;
 use crate::views::{BalanceView, HoldView};
 use crate::wire::Json;
-use crate::wire::{self, IdempotencyHeader, JsonBody, OptionalJsonBody, QueryParams, Rendered};
+use crate::wire::{
+    self, IdempotencyHeader, JsonBody, OptionalJsonBody, PathId, QueryParams, Rendered,
+};
 use crate::{with_replay_flag, AppState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -149,7 +151,7 @@ pub struct SettleBody {
 pub async fn settle(
     _: ServiceAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     idempotency: IdempotencyHeader,
     JsonBody(body): JsonBody<SettleBody>,
 ) -> ApiResult<Response> {
@@ -191,7 +193,7 @@ pub struct ReleaseBody {
 pub async fn release(
     _: ServiceAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     idempotency: IdempotencyHeader,
     OptionalJsonBody(body): OptionalJsonBody<ReleaseBody>,
 ) -> ApiResult<Response> {

@@ -4,9 +4,9 @@ use crate::auth::ServiceAuth;
 use crate::error::{ApiResult, ErrorBody};
 use crate::render::{self, Render};
 use crate::views::{AmountText, BalanceView};
-use crate::wire::{self, IdempotencyHeader, JsonBody, Rendered};
+use crate::wire::{self, IdempotencyHeader, JsonBody, PathId, Rendered};
 use crate::{with_replay_flag, AppState};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
@@ -66,7 +66,7 @@ impl Render for UsageResponse {
 pub async fn record_usage(
     _: ServiceAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     idempotency: IdempotencyHeader,
     JsonBody(body): JsonBody<UsageBody>,
 ) -> ApiResult<Response> {
@@ -125,7 +125,7 @@ impl Render for CheckResponse {
 pub async fn check(
     _: ServiceAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(body): JsonBody<CheckBody>,
 ) -> ApiResult<Rendered<CheckResponse>> {
     let amount = wire::amount(&body.amount, "amount")?;
