@@ -87,9 +87,10 @@ impl tower::Service<Request> for Dispatch {
     }
 
     fn call(&mut self, request: Request) -> DispatchFuture {
-        let hot = match self.hot && request.method() == Method::POST {
-            true => hot_route(request.uri().path()),
-            false => None,
+        let hot = if self.hot && request.method() == Method::POST {
+            hot_route(request.uri().path())
+        } else {
+            None
         };
         let Some(hot) = hot else {
             return DispatchFuture::Routed {

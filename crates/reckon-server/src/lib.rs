@@ -142,25 +142,20 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Dispatch {
     // in a boxed service that is cloned for every request, which was ~6 of
     // a `usage` request's ~62 allocations (and of a `healthz`'s ~28). Body
     // limits are `wire::JsonBody`'s, per extractor.
+    let mut routes = routes;
     let traced = request_tracing();
-    let routes = match traced {
-        true => Router::new().fallback_service(
-            tower::ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http())
-                .service(routes),
-        ),
-        false => routes,
-    };
+    if traced {
+        routes = Router::new().fallback_service(TraceLayer::new_for_http().layer(routes));
+    }
     let cors = cors(cors_origins);
     // The hot routes would bypass both layers, so with either of them every
     // request goes through the router. (Wrapping the dispatcher in an
     // optional layer instead, `tower::util::Either`, cost every request
     // ~360 instructions even with the layer off.)
     let hot = !traced && cors.is_none();
-    let routes = match cors {
-        Some(layer) => Router::new().fallback_service(layer.layer(routes)),
-        None => routes,
-    };
+    if let Some(layer) = cors {
+        routes = Router::new().fallback_service(layer.layer(routes));
+    }
     Dispatch::new(routes, state, hot)
 }
 

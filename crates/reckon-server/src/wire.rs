@@ -108,6 +108,10 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
     let Some(value) = headers.get(axum::http::header::CONTENT_TYPE) else {
         return false;
     };
+    // What nearly every client sends, compared before any parsing.
+    if value.as_bytes() == b"application/json" {
+        return true;
+    }
     let Ok(text) = value.to_str() else {
         return false;
     };
