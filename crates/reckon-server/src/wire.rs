@@ -335,23 +335,28 @@ pub fn stored_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
-/// Extractor: the id in a path of the shape `/v1/{area}/{id}/...`
-/// (`/v1/accounts/{id}/usage`, `/v1/holds/{id}/settle`), percent-decoded as
-/// axum's `Path` would. Read from the URI rather than from axum's path
-/// parameters so that a handler works the same whether axum's router
-/// matched it or `dispatch` did (which skips the router on the hot routes).
-pub struct PathId(pub String);
+/// Extractor: segment `N` of the path (counting from 0 before the leading
+/// slash, so the id in `/v1/accounts/{id}/usage` is segment 3),
+/// percent-decoded as axum's `Path` would, refused in our error shape when
+/// it is not UTF-8 (axum's `Path` answered that in plain text). Read from
+/// the URI rather than from axum's path parameters so that a handler
+/// answers the same whether axum's router matched it or `dispatch` did
+/// (which skips the router on the hot routes).
+pub struct PathSegment<const N: usize>(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for PathId {
+/// The id in `/v1/{area}/{id}/...`: every route's first parameter.
+pub type PathId = PathSegment<3>;
+
+impl<S: Send + Sync, const N: usize> FromRequestParts<S> for PathSegment<N> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let segment = parts.uri.path().split('/').nth(3).unwrap_or_default();
+        let segment = parts.uri.path().split('/').nth(N).unwrap_or_default();
         match percent_encoding::percent_decode_str(segment).decode_utf8() {
-            Ok(id) => Ok(PathId(id.into_owned())),
+            Ok(text) => Ok(PathSegment(text.into_owned())),
             Err(_) => Err(ApiError::invalid(
                 "invalid_path",
-                "the id in the path is not UTF-8 once percent-decoded",
+                "the path is not UTF-8 once percent-decoded",
             )),
         }
     }

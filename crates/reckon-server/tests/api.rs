@@ -90,7 +90,8 @@ async fn cors_and_unknown_paths() {
 
 /// `POST` to the hot paths skips axum's router (`dispatch.rs`); the
 /// answers must be the router's: ids percent-decoded, an empty id refused,
-/// other methods 405, a trailing slash 404.
+/// other methods 405, a trailing slash 404; and an id that is not UTF-8 is
+/// refused in our error shape on every route.
 #[tokio::test]
 async fn hot_routes_answer_as_the_router_does() {
     let app = spawn_app().await;
@@ -127,6 +128,29 @@ async fn hot_routes_answer_as_the_router_does() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["allowed"], false, "{body}");
     assert_eq!(app.available("team.7").await, "4");
+    // The router's routes read their ids the same way.
+    let r = app
+        .service(Method::GET, "/v1/accounts/team%2E7")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["id"], "team.7", "{body}");
+    let r = app
+        .admin(Method::GET, "/v1/accounts/%FF")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (400, "invalid_path".into()));
+    let r = app
+        .admin(
+            Method::POST,
+            "/v1/accounts/team.7/credentials/%C3%28/deactivate",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (400, "invalid_path".into()));
     app.stop().await;
 }
 

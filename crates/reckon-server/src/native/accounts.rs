@@ -4,9 +4,9 @@ use crate::auth::{AdminAuth, ServiceAuth};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::views::AccountView;
 use crate::wire::Json;
-use crate::wire::{self, IdempotencyHeader, JsonBody, QueryParams};
+use crate::wire::{self, IdempotencyHeader, JsonBody, PathId, PathSegment, QueryParams};
 use crate::{with_replay_flag, AppState};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
@@ -121,7 +121,7 @@ pub async fn create_account(
 pub async fn get_account(
     _: ServiceAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathSegment(id): PathId,
 ) -> ApiResult<Json<AccountView>> {
     let id = wire::account_id(&id)?;
     let account = state
@@ -160,7 +160,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 pub async fn update_account(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathSegment(id): PathId,
     idempotency: IdempotencyHeader,
     JsonBody(body): JsonBody<UpdateAccountBody>,
 ) -> ApiResult<Response> {

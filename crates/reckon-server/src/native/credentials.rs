@@ -4,9 +4,9 @@
 use crate::auth::AdminAuth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::wire::Json;
-use crate::wire::{self, render_time, JsonBody};
+use crate::wire::{self, render_time, JsonBody, PathId, PathSegment};
 use crate::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
@@ -77,7 +77,7 @@ impl From<&Credential> for CredentialView {
 pub async fn add_credential(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathSegment(id): PathId,
     JsonBody(body): JsonBody<CredentialBody>,
 ) -> ApiResult<(StatusCode, Json<CredentialView>)> {
     let id = wire::account_id(&id)?;
@@ -106,7 +106,7 @@ pub struct CredentialList {
 pub async fn list_credentials(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathSegment(id): PathId,
 ) -> ApiResult<Json<CredentialList>> {
     let id = wire::account_id(&id)?;
     if state.store.account(&id).await?.is_none() {
@@ -146,7 +146,8 @@ async fn set_active(
 pub async fn deactivate(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((id, credential_id)): Path<(String, String)>,
+    PathSegment(id): PathId,
+    PathSegment(credential_id): PathSegment<5>,
 ) -> ApiResult<Json<CredentialView>> {
     set_active(&state, &id, &credential_id, false).await
 }
@@ -159,7 +160,8 @@ pub async fn deactivate(
 pub async fn activate(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path((id, credential_id)): Path<(String, String)>,
+    PathSegment(id): PathId,
+    PathSegment(credential_id): PathSegment<5>,
 ) -> ApiResult<Json<CredentialView>> {
     set_active(&state, &id, &credential_id, true).await
 }

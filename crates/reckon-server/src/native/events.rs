@@ -4,9 +4,9 @@ use crate::auth::ServiceAuth;
 use crate::error::{ApiResult, ErrorBody};
 use crate::views::EventView;
 use crate::wire::Json;
-use crate::wire::{self, QueryParams};
+use crate::wire::{self, PathId, PathSegment, QueryParams};
 use crate::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use reckon_core::Rejection;
@@ -40,7 +40,7 @@ pub struct EventPage {
 pub async fn list_events(
     _: ServiceAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathSegment(id): PathId,
     QueryParams(q): QueryParams<EventParams>,
 ) -> ApiResult<Json<EventPage>> {
     let id = wire::account_id(&id)?;

@@ -4,9 +4,9 @@ use crate::auth::AdminAuth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::views::{BalanceView, GrantView};
 use crate::wire::Json;
-use crate::wire::{self, IdempotencyHeader, JsonBody};
+use crate::wire::{self, IdempotencyHeader, JsonBody, PathId, PathSegment};
 use crate::{with_replay_flag, AppState};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
@@ -54,7 +54,7 @@ pub struct GrantResponse {
 pub async fn create_grant(
     _: AdminAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathSegment(id): PathId,
     idempotency: IdempotencyHeader,
     JsonBody(body): JsonBody<GrantBody>,
 ) -> ApiResult<Response> {

@@ -7,10 +7,10 @@ use crate::render::Render;
 use crate::views::{BalanceView, HoldView};
 use crate::wire::Json;
 use crate::wire::{
-    self, IdempotencyHeader, JsonBody, OptionalJsonBody, PathId, QueryParams, Rendered,
+    self, IdempotencyHeader, JsonBody, OptionalJsonBody, PathId, PathSegment, QueryParams, Rendered,
 };
 use crate::{with_replay_flag, AppState};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -151,7 +151,7 @@ pub struct SettleBody {
 pub async fn settle(
     _: ServiceAuth,
     State(state): State<AppState>,
-    PathId(id): PathId,
+    PathSegment(id): PathId,
     idempotency: IdempotencyHeader,
     JsonBody(body): JsonBody<SettleBody>,
 ) -> ApiResult<Response> {
@@ -193,7 +193,7 @@ pub struct ReleaseBody {
 pub async fn release(
     _: ServiceAuth,
     State(state): State<AppState>,
-    PathId(id): PathId,
+    PathSegment(id): PathId,
     idempotency: IdempotencyHeader,
     OptionalJsonBody(body): OptionalJsonBody<ReleaseBody>,
 ) -> ApiResult<Response> {
@@ -221,7 +221,7 @@ pub async fn release(
 pub async fn get_hold(
     _: ServiceAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathSegment(id): PathId,
 ) -> ApiResult<Json<HoldView>> {
     let hold = state
         .store
@@ -252,7 +252,7 @@ pub struct HoldList {
 pub async fn list_holds(
     _: ServiceAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathSegment(id): PathId,
     QueryParams(q): QueryParams<HoldParams>,
 ) -> ApiResult<Json<HoldList>> {
     let id = wire::account_id(&id)?;

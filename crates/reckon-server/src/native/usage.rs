@@ -4,7 +4,7 @@ use crate::auth::ServiceAuth;
 use crate::error::{ApiResult, ErrorBody};
 use crate::render::{self, Render};
 use crate::views::{AmountText, BalanceView};
-use crate::wire::{self, IdempotencyHeader, JsonBody, PathId, Rendered};
+use crate::wire::{self, IdempotencyHeader, JsonBody, PathId, PathSegment, Rendered};
 use crate::{with_replay_flag, AppState};
 use axum::extract::State;
 use axum::response::Response;
@@ -66,7 +66,7 @@ impl Render for UsageResponse {
 pub async fn record_usage(
     _: ServiceAuth,
     State(state): State<AppState>,
-    PathId(id): PathId,
+    PathSegment(id): PathId,
     idempotency: IdempotencyHeader,
     JsonBody(body): JsonBody<UsageBody>,
 ) -> ApiResult<Response> {
@@ -125,7 +125,7 @@ impl Render for CheckResponse {
 pub async fn check(
     _: ServiceAuth,
     State(state): State<AppState>,
-    PathId(id): PathId,
+    PathSegment(id): PathId,
     JsonBody(body): JsonBody<CheckBody>,
 ) -> ApiResult<Rendered<CheckResponse>> {
     let amount = wire::amount(&body.amount, "amount")?;
