@@ -83,7 +83,7 @@ fn bench(c: &mut Criterion) {
                 account: id(),
                 hold_id: "h".into(),
                 amount: Amount::from_units(1).unwrap(),
-                overage: None,
+                overage: SettleOverage::Account,
             });
             apply(Some(&locked), &settle, at(2)).unwrap()
         })

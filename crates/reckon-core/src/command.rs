@@ -97,8 +97,50 @@ pub struct SettleCmd {
     pub account: AccountId,
     pub hold_id: String,
     pub amount: Amount,
-    /// Overrides the account's policy for this settle.
-    pub overage: Option<OveragePolicy>,
+    /// What a cost above the hold does.
+    pub overage: SettleOverage,
+}
+
+/// The overage rule of one settle: decided where the account's state is,
+/// so an adapter never reads the account to choose it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SettleOverage {
+    /// The account's policy.
+    #[default]
+    Account,
+    /// This policy, whatever the account's.
+    Override(OveragePolicy),
+    /// The account's policy, but `cap` where it says `reject`: for a
+    /// protocol whose clients settle after the work is done and have no
+    /// error to act on (nilauth-credit's unlock).
+    AccountOrCap,
+}
+
+/// A policy named by the caller overrides the account's; none leaves it.
+impl From<Option<OveragePolicy>> for SettleOverage {
+    fn from(named: Option<OveragePolicy>) -> SettleOverage {
+        named.map_or(SettleOverage::Account, SettleOverage::Override)
+    }
+}
+
+impl SettleOverage {
+    /// The policy that applies to an account whose own is `account`.
+    pub fn resolve(self, account: OveragePolicy) -> OveragePolicy {
+        match (self, account) {
+            (SettleOverage::Account, p) => p,
+            (SettleOverage::Override(p), _) => p,
+            (SettleOverage::AccountOrCap, OveragePolicy::Reject) => OveragePolicy::Cap,
+            (SettleOverage::AccountOrCap, p) => p,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SettleOverage::Account => "-",
+            SettleOverage::Override(p) => p.as_str(),
+            SettleOverage::AccountOrCap => "account-or-cap",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,7 +235,7 @@ impl Command {
                 c.account,
                 c.hold_id,
                 c.amount.micros(),
-                c.overage.map_or("-", OveragePolicy::as_str)
+                c.overage.as_str()
             ),
             Command::Release(c) => format!("release|{}|{}", c.account, c.hold_id),
             Command::Sweep { account } => format!("sweep|{account}"),

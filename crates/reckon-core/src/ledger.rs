@@ -317,7 +317,7 @@ fn settle(
     let charge = if c.amount <= held {
         c.amount
     } else {
-        match c.overage.unwrap_or(state.account.overage) {
+        match c.overage.resolve(state.account.overage) {
             OveragePolicy::Reject => return Err(Rejection::ExceedsHold),
             OveragePolicy::Cap => held,
             OveragePolicy::Allow => {

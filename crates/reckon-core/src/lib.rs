@@ -29,8 +29,8 @@ pub use account::{
 };
 pub use amount::{Amount, AmountError, DecimalText, Rounding};
 pub use command::{
-    Command, CreateAccount, GrantCmd, GrantExpiry, LockCmd, ReleaseCmd, SettleCmd, UpdateAccount,
-    UsageCmd,
+    Command, CreateAccount, GrantCmd, GrantExpiry, LockCmd, ReleaseCmd, SettleCmd, SettleOverage,
+    UpdateAccount, UsageCmd,
 };
 pub use event::{Event, EventKind};
 pub use ledger::{apply, check, Applied, Check, Outcome};

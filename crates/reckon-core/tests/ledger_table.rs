@@ -227,6 +227,25 @@ fn rows() -> Vec<Row> {
             want: Ok((6, 0, 4, 0)),
         },
         Row {
+            name: "account-or-cap caps where the account's policy rejects",
+            setup: with_hold(),
+            at: 2,
+            command: settle_by("h1", 5, SettleOverage::AccountOrCap),
+            want: Ok((6, 0, 4, 0)),
+        },
+        Row {
+            name: "account-or-cap charges in full where the account allows",
+            setup: vec![
+                (0, create()),
+                (0, grant("g1", 10, None)),
+                (0, update(|u| u.overage = Some(Allow))),
+                lock_until("h1", 4, 1, 100),
+            ],
+            at: 2,
+            command: settle_by("h1", 5, SettleOverage::AccountOrCap),
+            want: Ok((5, 0, 5, 0)),
+        },
+        Row {
             name: "release refunds all",
             setup: with_hold(),
             at: 2,

@@ -274,7 +274,7 @@ async fn float_costs_round_to_micro_units() {
         "0.3",
         "a cost rounds half up"
     );
-    // A cost above the lock is capped under the default policy.
+    // A cost above the lock is capped under the default policy (`reject`).
     let lock: Value = nil(&app, Method::POST, "/v1/funds/lock")
         .json(&json!({"user_id": "user-1", "amount": 1}))
         .send()
@@ -290,6 +290,29 @@ async fn float_costs_round_to_micro_units() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(app.account("user-1").await["balance"]["used"], "1.3");
+    // Under the account's `allow` policy it is charged in full.
+    let r = app
+        .admin(Method::PATCH, "/v1/accounts/user-1")
+        .json(&json!({"overage_policy": "allow"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let lock: Value = nil(&app, Method::POST, "/v1/funds/lock")
+        .json(&json!({"user_id": "user-1", "amount": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = nil(&app, Method::POST, "/v1/funds/unlock")
+        .json(&json!({"lock_id": lock["lock_id"], "real_cost": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.account("user-1").await["balance"]["used"], "4.3");
     app.stop().await;
 }
 

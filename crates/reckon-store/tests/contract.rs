@@ -123,7 +123,7 @@ fn settle(name: &str, hold: &str, n: i64) -> Request {
         account: id(name),
         hold_id: hold.into(),
         amount: units(n),
-        overage: None,
+        overage: SettleOverage::Account,
     }))
 }
 

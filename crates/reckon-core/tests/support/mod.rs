@@ -60,6 +60,10 @@ pub fn lock_until(hid: &str, n: i64, at: i64, expires: i64) -> (i64, Command) {
 }
 
 pub fn settle(hid: &str, n: i64, overage: Option<OveragePolicy>) -> Command {
+    settle_by(hid, n, overage.into())
+}
+
+pub fn settle_by(hid: &str, n: i64, overage: SettleOverage) -> Command {
     Command::Settle(SettleCmd {
         account: id(),
         hold_id: hid.into(),

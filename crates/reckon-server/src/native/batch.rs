@@ -299,7 +299,7 @@ fn parse(state: &AppState, scope: Scope, raw: &RawValue) -> ApiResult<Parsed> {
                         account,
                         hold_id: id,
                         amount,
-                        overage,
+                        overage: overage.into(),
                     })
                 })
             } else {

@@ -164,7 +164,7 @@ pub async fn settle(
         account,
         hold_id: id,
         amount,
-        overage,
+        overage: overage.into(),
     });
     let executed = state
         .execute(Request {

@@ -91,7 +91,7 @@ fn random_request(rng: &mut Rng, step: usize, holds: &mut [String]) -> Request {
             account,
             hold_id,
             amount: amount(rng, 2),
-            overage: None,
+            overage: SettleOverage::Account,
         }),
         8 => Command::Release(ReleaseCmd { account, hold_id }),
         9 => Command::UpdateAccount(UpdateAccount {

@@ -9,7 +9,10 @@
 //! Scenarios: `healthz` (no database: the HTTP ceiling of the machine),
 //! `check`, `usage`, `lock-settle` (one op = a lock and its settle),
 //! `batch` (`--batch-size` usage operations per request; ops count each
-//! operation), `mixed` (60 % usage, 30 % check, 10 % lock-settle).
+//! operation), `mixed` (60 % usage, 30 % check, 10 % lock-settle), and
+//! `nilauth` (one op = a lock and its unlock through the nilauth-credit
+//! protocol, `/v1/funds/lock` and `/v1/funds/unlock`, as seed 002's
+//! middleware spends).
 //!
 //! Around the scenarios it probes the disk under the database (`disk.rs`),
 //! and during each it records where the machine's CPU time went
@@ -28,7 +31,7 @@ use std::time::Duration;
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
-    /// Scenarios to run in order, comma-separated: healthz, check, usage, lock-settle, batch, mixed.
+    /// Scenarios to run in order, comma-separated: healthz, check, usage, lock-settle, batch, mixed, nilauth.
     #[arg(long, default_value = "healthz,usage")]
     pub scenarios: String,
     /// Concurrent keep-alive connections.
@@ -87,6 +90,7 @@ pub enum Scenario {
     LockSettle,
     Batch,
     Mixed,
+    Nilauth,
 }
 
 impl Scenario {
@@ -98,6 +102,7 @@ impl Scenario {
             "lock-settle" | "lock+settle" => Scenario::LockSettle,
             "batch" => Scenario::Batch,
             "mixed" => Scenario::Mixed,
+            "nilauth" => Scenario::Nilauth,
             other => bail!("unknown scenario {other:?}"),
         })
     }
@@ -110,6 +115,7 @@ impl Scenario {
             Scenario::LockSettle => "lock-settle",
             Scenario::Batch => "batch",
             Scenario::Mixed => "mixed",
+            Scenario::Nilauth => "nilauth",
         }
     }
 }

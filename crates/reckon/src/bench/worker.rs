@@ -293,6 +293,27 @@ async fn perform(
             .await
             .map(|_| 1)
         }
+        Scenario::Nilauth => {
+            // Locks 2, costs 1: the unlock settles (a cost of 0 would release).
+            let body = format!(r#"{{"user_id":"bench-{account}","amount":2}}"#);
+            let answer = send(
+                sender,
+                target.request(Method::POST, "/v1/funds/lock", Some(Bytes::from(body))),
+            )
+            .await?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&answer).map_err(|_| "bad-json".to_owned())?;
+            let id = v["lock_id"]
+                .as_str()
+                .ok_or_else(|| "no-lock-id".to_owned())?;
+            let body = format!(r#"{{"lock_id":"{id}","real_cost":1}}"#);
+            send(
+                sender,
+                target.request(Method::POST, "/v1/funds/unlock", Some(Bytes::from(body))),
+            )
+            .await
+            .map(|_| 1)
+        }
         Scenario::Batch => {
             let body = bodies[rng.below(bodies.len())].clone();
             send(
