@@ -274,23 +274,10 @@ async fn float_costs_round_to_micro_units() {
         "0.3",
         "a cost rounds half up"
     );
-    // A cost above the lock is capped under the default policy (`reject`).
-    let lock: Value = nil(&app, Method::POST, "/v1/funds/lock")
-        .json(&json!({"user_id": "user-1", "amount": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = nil(&app, Method::POST, "/v1/balance/unlock")
-        .json(&json!({"lock_id": lock["lock_id"], "real_cost": 3}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    // A cost above the lock is capped under the default policy (`reject`),
+    // and charged in full under the account's `allow`.
+    lock_and_unlock(&app, 1, 3).await;
     assert_eq!(app.account("user-1").await["balance"]["used"], "1.3");
-    // Under the account's `allow` policy it is charged in full.
     let r = app
         .admin(Method::PATCH, "/v1/accounts/user-1")
         .json(&json!({"overage_policy": "allow"}))
@@ -298,22 +285,27 @@ async fn float_costs_round_to_micro_units() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let lock: Value = nil(&app, Method::POST, "/v1/funds/lock")
-        .json(&json!({"user_id": "user-1", "amount": 1}))
+    lock_and_unlock(&app, 1, 3).await;
+    assert_eq!(app.account("user-1").await["balance"]["used"], "4.3");
+    app.stop().await;
+}
+
+/// `user-1` locks `amount` through the older path and unlocks at `cost`.
+async fn lock_and_unlock(app: &App, amount: i64, cost: i64) {
+    let lock: Value = nil(app, Method::POST, "/v1/funds/lock")
+        .json(&json!({"user_id": "user-1", "amount": amount}))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let r = nil(&app, Method::POST, "/v1/funds/unlock")
-        .json(&json!({"lock_id": lock["lock_id"], "real_cost": 3}))
+    let r = nil(app, Method::POST, "/v1/funds/unlock")
+        .json(&json!({"lock_id": lock["lock_id"], "real_cost": cost}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(app.account("user-1").await["balance"]["used"], "4.3");
-    app.stop().await;
 }
 
 #[tokio::test]
