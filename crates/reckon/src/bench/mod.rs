@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// Operations per request in the batch scenario.
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
+    /// Give every `usage` request its own `Idempotency-Key`, as a client
+    /// that retries safely does (each is stored for the retention period).
+    #[arg(long)]
+    pub idempotency_keys: bool,
     /// A running server to load, or several nodes on one database
     /// (comma-separated; connections are spread over them). Without it,
     /// bench starts its own server on a fresh database.
@@ -161,6 +165,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             rate: args.rate,
             accounts: if args.hot { 1 } else { args.accounts },
             batch_size: args.batch_size,
+            idempotency_keys: args.idempotency_keys,
         };
         let result = worker::run_load(&server, &config).await?;
         report::print(&result);

@@ -22,6 +22,27 @@ pub struct LoadConfig {
     pub rate: Option<f64>,
     pub accounts: usize,
     pub batch_size: usize,
+    pub idempotency_keys: bool,
+}
+
+/// What one connection draws its requests from.
+struct Draw {
+    rng: Rng,
+    keys: Option<Keys>,
+}
+
+/// Idempotency keys for one connection: unique across connections and runs
+/// (a repeated key would be answered as a replay, which costs less).
+struct Keys {
+    prefix: String,
+    sent: u64,
+}
+
+impl Keys {
+    fn next(&mut self) -> String {
+        self.sent += 1;
+        format!("{}-{}", self.prefix, self.sent)
+    }
 }
 
 /// Pre-built batch bodies the batch scenario rotates through, so building
@@ -108,6 +129,10 @@ pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioRe
         machine::share(before, machine::ticks()?)
     });
     let mut tasks = Vec::new();
+    // Tells this run's idempotency keys from every earlier run's.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     for (i, mut tick) in ticks.into_iter().enumerate() {
         let target = server.endpoints[i % server.endpoints.len()].clone();
         let mut sender = target.connect().await?;
@@ -115,6 +140,7 @@ pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioRe
         let accounts = config.accounts;
         let batch_size = config.batch_size as u64;
         let bodies = batch_bodies.clone();
+        let idempotency_keys = config.idempotency_keys;
         tasks.push(tokio::spawn(async move {
             let mut stats = Stats {
                 latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
@@ -122,7 +148,13 @@ pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioRe
                 requests: 0,
                 errors: BTreeMap::new(),
             };
-            let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ ((i as u64 + 1) * 0x9e37_79b9));
+            let mut draw = Draw {
+                rng: Rng(0x2545_f491_4f6c_dd1d ^ ((i as u64 + 1) * 0x9e37_79b9)),
+                keys: idempotency_keys.then(|| Keys {
+                    prefix: format!("bench-{run:x}-{i}"),
+                    sent: 0,
+                }),
+            };
             tokio::time::sleep_until(start.into()).await;
             loop {
                 let intended = match tick.as_mut() {
@@ -142,7 +174,7 @@ pub async fn run_load(server: &Target, config: &LoadConfig) -> Result<ScenarioRe
                     accounts,
                     batch_size,
                     &bodies,
-                    &mut rng,
+                    &mut draw,
                 )
                 .await;
                 let done = Instant::now();
@@ -242,8 +274,9 @@ async fn perform(
     accounts: usize,
     batch_size: u64,
     bodies: &[Bytes],
-    rng: &mut Rng,
+    draw: &mut Draw,
 ) -> Result<u64, String> {
+    let rng = &mut draw.rng;
     let scenario = match scenario {
         Scenario::Mixed => match rng.below(10) {
             0..=5 => Scenario::Usage,
@@ -268,12 +301,12 @@ async fn perform(
         }
         Scenario::Usage => {
             let path = format!("/v1/accounts/bench-{account}/usage");
-            send(
-                sender,
-                target.request(Method::POST, &path, Some(Bytes::from_static(ONE))),
-            )
-            .await
-            .map(|_| 1)
+            let mut request = target.request(Method::POST, &path, Some(Bytes::from_static(ONE)));
+            if let Some(keys) = draw.keys.as_mut() {
+                let key = keys.next().parse().expect("an ASCII key");
+                request.headers_mut().insert("idempotency-key", key);
+            }
+            send(sender, request).await.map(|_| 1)
         }
         Scenario::LockSettle => {
             let body = format!(r#"{{"account_id":"bench-{account}","amount":"2"}}"#);
