@@ -130,7 +130,7 @@ pub async fn healthz() -> Json<Health> {
 /// The whole HTTP surface as one service for [`serve`]: the hot routes,
 /// then axum's router (see [`dispatch`]).
 pub fn app(state: AppState, cors_origins: &[String]) -> Dispatch {
-    let routes = Router::new()
+    let mut routes = Router::new()
         .route("/healthz", get(healthz))
         .merge(native::router())
         .merge(compat::router())
@@ -142,7 +142,6 @@ pub fn app(state: AppState, cors_origins: &[String]) -> Dispatch {
     // in a boxed service that is cloned for every request, which was ~6 of
     // a `usage` request's ~62 allocations (and of a `healthz`'s ~28). Body
     // limits are `wire::JsonBody`'s, per extractor.
-    let mut routes = routes;
     let traced = request_tracing();
     if traced {
         routes = Router::new().fallback_service(TraceLayer::new_for_http().layer(routes));

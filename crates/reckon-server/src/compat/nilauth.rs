@@ -26,7 +26,7 @@
 
 use crate::auth::ServiceAuth;
 use crate::error::ApiError;
-use crate::native::holds::{hold_account, ttl_secs};
+use crate::native::holds::{hold_owner, ttl_secs};
 use crate::wire::IdempotencyHeader;
 use crate::wire::Json;
 use crate::AppState;
@@ -286,11 +286,9 @@ async fn unlock(
     // overage rule is left to the writer, which has the account's policy
     // at hand (`SettleOverage::AccountOrCap`): no read of the hold or the
     // account here (they made an unlock cost ~2.3 native settles).
-    let account = match hold_account(&state, &body.lock_id).await {
-        Ok(account) => account,
-        Err(e) if e.code == Rejection::HoldNotFound.code() => return Err(not_found()),
-        Err(e) => return Err(e.into()),
-    };
+    let account = hold_owner(&state, &body.lock_id)
+        .await?
+        .ok_or_else(not_found)?;
     let hold_id = body.lock_id;
     let key = IdempotencyKey::parse(&format!("nilauth-unlock:{hold_id}:{}", cost.micros()))
         .map_err(|e| NilError::from(ApiError::internal(e)))?;

@@ -121,12 +121,20 @@ pub async fn lock(
 /// The account a hold belongs to: a hold id is global, its account is
 /// needed to route the command and scope its idempotency key.
 pub async fn hold_account(state: &AppState, hold_id: &str) -> ApiResult<AccountId> {
+    Ok(hold_owner(state, hold_id)
+        .await?
+        .ok_or(Rejection::HoldNotFound)?)
+}
+
+/// [`hold_account`], with an unknown hold as `None` for adapters that word
+/// "not found" their own way.
+pub async fn hold_owner(state: &AppState, hold_id: &str) -> ApiResult<Option<AccountId>> {
     if hold_id.is_empty() || hold_id.len() > reckon_core::account::ID_BYTES_MAX {
-        return Err(Rejection::HoldNotFound.into());
+        return Ok(None);
     }
     // Usually answered from memory (see reckon_store::owners).
     let mut owners = state.store.hold_accounts(vec![hold_id.to_owned()]).await?;
-    Ok(owners.remove(hold_id).ok_or(Rejection::HoldNotFound)?)
+    Ok(owners.remove(hold_id))
 }
 
 #[derive(Deserialize, ToSchema)]
