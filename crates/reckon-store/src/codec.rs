@@ -7,7 +7,7 @@ use reckon_core::{
     Account, AccountId, AccountStatus, Allocation, Amount, Balance, Grant, Hold, HoldStatus,
     Outcome, OveragePolicy, Timestamp, Unit,
 };
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
 fn corrupt(what: &str) -> StoreError {
@@ -111,10 +111,6 @@ pub fn decode_grants(text: &str) -> Result<Vec<Grant>, StoreError> {
         .collect()
 }
 
-fn ts(t: Option<Timestamp>) -> Value {
-    t.map_or(Value::Null, |t| json!(t.millis()))
-}
-
 fn get<'a>(v: &'a Value, field: &str) -> Result<&'a Value, StoreError> {
     v.get(field).ok_or_else(|| corrupt(field))
 }
@@ -141,49 +137,121 @@ fn get_amount(v: &Value, field: &str) -> Result<Amount, StoreError> {
     amount(get_i64(v, field)?)
 }
 
+/// An outcome as stored for idempotent replay: only what a replayed answer
+/// is built from (the balance, and the grant or hold the command made or
+/// resolved), one tab-separated line each, numbers as integers:
+///
+/// ```text
+/// 2 granted used held available expired
+/// g <the grant, as encode_grants writes it>
+/// h id amount status expires_at allocations settled_amount created_at resolved_at|-
+/// ```
+///
+/// The account is left out: it was ~270 of a record's ~360 bytes (metadata
+/// can be far more), and no answer renders more of it than its id, which
+/// the record is keyed by. [`decode_outcome`] takes the account as it is
+/// now. Records written before this format are JSON with the account in
+/// them, and still decode.
 pub fn encode_outcome(o: &Outcome) -> String {
-    let a = &o.account;
-    let mut m = Map::new();
-    m.insert(
-        "account".into(),
-        json!({
-            "id": a.id.as_str(), "unit": a.unit.as_str(), "status": a.status.as_str(),
-            "expires_at": ts(a.expires_at), "timezone": a.timezone.as_deref(), "metadata": &*a.metadata,
-            "overage": a.overage.as_str(), "created_at": a.created_at.millis(), "updated_at": a.updated_at.millis(),
-        }),
-    );
+    let mut out = String::with_capacity(128);
+    let mut digits = itoa::Buffer::new();
     let b = &o.balance;
-    m.insert(
-        "balance".into(),
-        json!({
-            "granted": b.granted.micros(), "used": b.used.micros(), "held": b.held.micros(),
-            "available": b.available.micros(), "expired": b.expired.micros(),
-        }),
-    );
+    out.push_str(OUTCOME_FORMAT);
+    for n in [b.granted, b.used, b.held, b.available, b.expired] {
+        out.push('\t');
+        out.push_str(digits.format(n.micros()));
+    }
     if let Some(g) = &o.grant {
-        m.insert(
-            "grant".into(),
-            json!({
-                "id": &*g.id, "seq": g.seq, "amount": g.amount.micros(), "remaining": g.remaining.micros(),
-                "expires_at": ts(g.expires_at), "source": &*g.source, "created_at": g.created_at.millis(),
-            }),
-        );
+        out.push_str("\ng\t");
+        out.push_str(&encode_grants(std::slice::from_ref(g)));
     }
     if let Some(h) = &o.hold {
-        m.insert(
-            "hold".into(),
-            json!({
-                "id": h.id, "account_id": h.account_id.as_str(), "amount": h.amount.micros(), "status": h.status.as_str(),
-                "expires_at": h.expires_at.millis(), "allocations": encode_allocations(&h.allocations),
-                "settled_amount": h.settled_amount.micros(), "created_at": h.created_at.millis(),
-                "resolved_at": ts(h.resolved_at),
-            }),
-        );
+        out.push_str("\nh\t");
+        out.push_str(&h.id);
+        out.push('\t');
+        out.push_str(digits.format(h.amount.micros()));
+        out.push('\t');
+        out.push_str(h.status.as_str());
+        out.push('\t');
+        out.push_str(digits.format(h.expires_at.millis()));
+        out.push('\t');
+        out.push_str(&encode_allocations(&h.allocations));
+        out.push('\t');
+        out.push_str(digits.format(h.settled_amount.micros()));
+        out.push('\t');
+        out.push_str(digits.format(h.created_at.millis()));
+        out.push('\t');
+        match h.resolved_at {
+            Some(t) => out.push_str(digits.format(t.millis())),
+            None => out.push('-'),
+        }
     }
-    Value::Object(m).to_string()
+    out
 }
 
-pub fn decode_outcome(text: &str) -> Result<Outcome, StoreError> {
+/// The first field of an outcome in [`encode_outcome`]'s format.
+const OUTCOME_FORMAT: &str = "2";
+
+/// Reads a stored outcome; `account` is the account as it is now (see
+/// [`encode_outcome`]), used where the record does not carry it.
+pub fn decode_outcome(text: &str, account: &Account) -> Result<Outcome, StoreError> {
+    if text.starts_with('{') {
+        return decode_json_outcome(text);
+    }
+    let mut lines = text.split('\n');
+    let first: Vec<&str> = lines.next().unwrap_or("").split('\t').collect();
+    let [OUTCOME_FORMAT, granted, used, held, available, expired] = first[..] else {
+        return Err(corrupt("balance line"));
+    };
+    let int = |v: &str| v.parse::<i64>().map_err(|_| corrupt("outcome number"));
+    let balance = Balance {
+        granted: amount(int(granted)?)?,
+        used: amount(int(used)?)?,
+        held: amount(int(held)?)?,
+        available: amount(int(available)?)?,
+        expired: amount(int(expired)?)?,
+    };
+    let (mut grant, mut hold) = (None, None);
+    for line in lines {
+        if let Some(g) = line.strip_prefix("g\t") {
+            grant = decode_grants(g)?.pop();
+        } else if let Some(h) = line.strip_prefix("h\t") {
+            let f: Vec<&str> = h.split('\t').collect();
+            let [id, amt, status, expires, allocations, settled, created, resolved] = f[..] else {
+                return Err(corrupt("hold line"));
+            };
+            hold = Some(Hold {
+                id: id.to_owned(),
+                account_id: account.id.clone(),
+                amount: amount(int(amt)?)?,
+                status: HoldStatus::parse(status).ok_or_else(|| corrupt("hold status"))?,
+                expires_at: Timestamp::from_millis(int(expires)?),
+                allocations: decode_allocations(allocations)?,
+                settled_amount: amount(int(settled)?)?,
+                created_at: Timestamp::from_millis(int(created)?),
+                resolved_at: match resolved {
+                    "-" => None,
+                    t => Some(Timestamp::from_millis(int(t)?)),
+                },
+            });
+        } else {
+            return Err(corrupt("outcome line"));
+        }
+    }
+    // Checks are never stored: they carry no idempotency key.
+    Ok(Outcome {
+        account: account.clone(),
+        balance,
+        grant,
+        hold,
+        check: None,
+    })
+}
+
+/// The format before [`encode_outcome`]'s: JSON, the account included.
+/// Records live for the idempotency retention (24 h by default), so this
+/// can go once no database written before it can still hold any.
+fn decode_json_outcome(text: &str) -> Result<Outcome, StoreError> {
     let v: Value = serde_json::from_str(text).map_err(|_| corrupt("json"))?;
     let a = get(&v, "account")?;
     let account = Account {
@@ -261,6 +329,121 @@ pub fn hold_status_filter(status: Option<reckon_core::HoldStatus>, now: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn account() -> Account {
+        Account {
+            id: AccountId::parse("acct-1").unwrap(),
+            unit: Unit::parse("credits").unwrap(),
+            status: AccountStatus::Active,
+            expires_at: None,
+            timezone: None,
+            metadata: Arc::from(r#"{"plan":"pro"}"#),
+            overage: OveragePolicy::Reject,
+            created_at: Timestamp::from_millis(1_700_000_000_000),
+            updated_at: Timestamp::from_millis(1_700_000_000_500),
+        }
+    }
+
+    fn micros(n: i64) -> Amount {
+        Amount::from_micros(n).unwrap()
+    }
+
+    #[test]
+    fn outcomes_round_trip_without_the_account() {
+        let balance = Balance {
+            granted: micros(10_000_000),
+            used: micros(2_500_000),
+            held: micros(1_000_000),
+            available: micros(6_500_000),
+            expired: micros(0),
+        };
+        let grant = Grant {
+            id: "g-1".into(),
+            seq: 3,
+            amount: micros(10_000_000),
+            remaining: micros(9_000_000),
+            expires_at: Some(Timestamp::from_millis(1_800_000_000_000)),
+            source: "bundle; 50% off".into(),
+            created_at: Timestamp::from_millis(1_700_000_000_100),
+        };
+        let hold = |resolved: Option<i64>| Hold {
+            id: "0190b3c4-0000-7000-8000-000000000001".into(),
+            account_id: account().id,
+            amount: micros(1_000_000),
+            status: if resolved.is_some() {
+                HoldStatus::Settled
+            } else {
+                HoldStatus::Held
+            },
+            expires_at: Timestamp::from_millis(1_700_000_060_000),
+            allocations: vec![
+                Allocation {
+                    grant_id: "g-1".into(),
+                    amount: micros(400_000),
+                },
+                Allocation {
+                    grant_id: "g-2".into(),
+                    amount: micros(600_000),
+                },
+            ],
+            settled_amount: micros(resolved.map_or(0, |_| 700_000)),
+            created_at: Timestamp::from_millis(1_700_000_000_200),
+            resolved_at: resolved.map(Timestamp::from_millis),
+        };
+        let outcomes = [
+            Outcome {
+                account: account(),
+                balance,
+                grant: None,
+                hold: None,
+                check: None,
+            },
+            Outcome {
+                account: account(),
+                balance,
+                grant: Some(grant),
+                hold: None,
+                check: None,
+            },
+            Outcome {
+                account: account(),
+                balance,
+                grant: None,
+                hold: Some(hold(None)),
+                check: None,
+            },
+            Outcome {
+                account: account(),
+                balance,
+                grant: None,
+                hold: Some(hold(Some(1_700_000_001_000))),
+                check: None,
+            },
+        ];
+        for o in outcomes {
+            let text = encode_outcome(&o);
+            assert!(!text.contains("pro"), "the account is not stored: {text}");
+            assert_eq!(decode_outcome(&text, &account()).unwrap(), o, "{text}");
+        }
+        assert!(decode_outcome("2\t1\t2", &account()).is_err());
+        assert!(decode_outcome("2\t1\t2\t3\t4\t5\nx\ty", &account()).is_err());
+    }
+
+    /// Records written before the compact format are JSON with the account
+    /// in them; they decode with that account, as they were stored.
+    #[test]
+    fn json_outcomes_still_decode() {
+        let text = r#"{"account":{"id":"acct-1","unit":"credits","status":"active","expires_at":null,"timezone":null,"metadata":"{}","overage":"reject","created_at":1700000000000,"updated_at":1700000000001},"balance":{"granted":5000000,"used":1000000,"held":0,"available":4000000,"expired":0}}"#;
+        let now = account();
+        let o = decode_outcome(text, &now).unwrap();
+        assert_eq!(o.balance.available, micros(4_000_000));
+        assert_eq!(o.account.metadata.as_ref(), "{}");
+        assert_eq!(
+            o.account.updated_at,
+            Timestamp::from_millis(1_700_000_000_001)
+        );
+        assert_eq!((o.grant, o.hold), (None, None));
+    }
 
     #[test]
     fn grants_round_trip() {

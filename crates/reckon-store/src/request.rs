@@ -66,8 +66,15 @@ impl Request {
         h.update(self.command.canonical().as_bytes());
         h.update(b"\n");
         h.update(self.attributes.as_deref().unwrap_or("").as_bytes());
-        let digest = h.finalize();
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        // Lowercase hex, written directly: a `format!` per byte was 32
+        // allocations on the writer's thread for every keyed request.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in h.finalize() {
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xf)] as char);
+        }
+        out
     }
 }
 
@@ -87,4 +94,28 @@ pub struct StoredEvent {
     pub event: Event,
     pub idempotency_key: Option<String>,
     pub attributes: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reckon_core::{Amount, UsageCmd};
+
+    /// Fingerprints are stored with idempotency records, so a new build must
+    /// compute the same text for the same request: lowercase hex of SHA-256.
+    #[test]
+    fn fingerprint_is_the_stored_format() {
+        let mut request = Request::new(Command::Usage(UsageCmd {
+            account: AccountId::parse("acct-1").unwrap(),
+            amount: Amount::from_micros(1_500_000).unwrap(),
+        }));
+        request.attributes = Some(r#"{"model":"m"}"#.into());
+        let mut h = Sha256::new();
+        h.update(request.command.canonical().as_bytes());
+        h.update(b"\n");
+        h.update(br#"{"model":"m"}"#);
+        let reference: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(request.fingerprint(), reference);
+        assert_eq!(reference.len(), 64);
+    }
 }

@@ -251,6 +251,12 @@ async fn idempotent_replay_applies_once(h: Harness) {
         Err(ExecError::IdempotencyConflict) => {}
         other => panic!("same key, other body: {other:?}"),
     }
+    // Later, the replay still answers with the balance the first call left.
+    ok(&h, usage("a", 1)).await;
+    let later = ok(&h, keyed(usage("a", 3), "k1")).await;
+    assert!(later.replayed);
+    assert_eq!(later.outcome.balance, first.outcome.balance);
+    assert_eq!(available(&h, "a").await, units(6));
     // Keys are per account.
     ok(&h, create("b")).await;
     ok(&h, grant("b", 5, GrantExpiry::Never)).await;

@@ -216,13 +216,13 @@ pub async fn begin_lock_and_load(
     let mut idempotency = IdMap::with_capacity_and_hasher(records.len(), Default::default());
     for r in &records {
         let id = account_id(r.try_get(0)?)?;
-        if !accounts.contains_key(&id) {
+        let Some(state) = accounts.get(&id) else {
             continue; // not locked: cannot be trusted (and cannot exist)
-        }
+        };
         let key: String = r.try_get(1)?;
         let record = IdempotencyRecord {
             fingerprint: r.try_get(2)?,
-            outcome: decode_outcome(r.try_get(3)?)?,
+            outcome: decode_outcome(r.try_get(3)?, &state.account)?,
         };
         idempotency.insert((id, key), record);
     }

@@ -21,6 +21,7 @@ mod cache;
 mod compact;
 mod credentials;
 mod durable;
+mod idempotency;
 mod report;
 mod rows;
 mod schema;
@@ -727,12 +728,7 @@ impl Store for SqliteStore {
     }
 
     fn purge_idempotency(&self, before: Timestamp) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(self.maintain(Touches::Elsewhere, move |c| {
-            Ok(c.execute(
-                "DELETE FROM idempotency WHERE created_at < ?1",
-                [before.millis()],
-            )? as u64)
-        }))
+        Box::pin(self.maintain(Touches::Elsewhere, move |c| idempotency::purge(c, before)))
     }
 
     fn open_holds(

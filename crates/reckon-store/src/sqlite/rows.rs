@@ -8,8 +8,7 @@ use crate::codec::{
 };
 use crate::error::StoreError;
 use crate::executor::{
-    due_ids, next_due, AccountWrite, EventWrite, IdMap, IdSet, IdempotencyRecord, Plan, Prefetched,
-    Writes,
+    due_ids, next_due, AccountWrite, EventWrite, IdMap, IdSet, Plan, Prefetched, Writes,
 };
 use crate::request::StoredEvent;
 use reckon_core::{
@@ -300,7 +299,8 @@ pub fn open_holds(
 pub type Heads = IdMap<AccountId, Option<i64>>;
 
 /// Loads what `plan` names: accounts from the writer's cache when there,
-/// else from the database; holds the batch targets; idempotency records.
+/// else from the database; holds the batch targets; idempotency records
+/// (`idempotency.rs`).
 // Out of line (called once per batch) so profiles and
 // `scripts/writer-instructions` can name it.
 #[inline(never)]
@@ -345,26 +345,7 @@ pub fn prefetch(
             heads.insert(id.clone(), head);
         }
     }
-    let mut stmt = conn.prepare_cached(
-        "SELECT fingerprint, outcome FROM idempotency WHERE account_id = ?1 AND key = ?2",
-    )?;
-    for (id, key) in &plan.idempotency_keys {
-        let row = stmt
-            .query_row([id.as_str(), key.as_str()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
-            .optional()?;
-        if let Some((fingerprint, outcome)) = row {
-            let outcome = crate::codec::decode_outcome(&outcome)?;
-            out.idempotency.insert(
-                (id.clone(), key.clone()),
-                IdempotencyRecord {
-                    fingerprint,
-                    outcome,
-                },
-            );
-        }
-    }
+    super::idempotency::load(conn, plan, &mut out)?;
     Ok((out, heads))
 }
 
@@ -408,18 +389,7 @@ pub fn write_batch(
     // still checked out would be compiled again for it (~4 % of the
     // writer's time at a million accounts).
     drop(statements);
-    if !writes.idempotency.is_empty() {
-        let mut insert = conn.prepare_cached(INSERT_IDEMPOTENCY)?;
-        for w in &writes.idempotency {
-            insert.execute(params![
-                w.account_id.as_str(),
-                w.key,
-                w.record.fingerprint,
-                crate::codec::encode_outcome(&w.record.outcome),
-                w.created_at.millis(),
-            ])?;
-        }
-    }
+    super::idempotency::insert(conn, &writes.idempotency)?;
     account_log::clean(conn, log, &appended)
 }
 
@@ -445,8 +415,6 @@ const INSERT_EVENT: &str =
 const INSERT_PLAIN_EVENT: &str =
     "INSERT INTO events (account_id, kind, amount, available_after, at, prev_seq)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-const INSERT_IDEMPOTENCY: &str =
-    "INSERT INTO idempotency (account_id, key, fingerprint, outcome, created_at) VALUES (?1, ?2, ?3, ?4, ?5)";
 
 /// The statements [`write_account`] uses, prepared once per batch.
 struct AccountStatements<'c> {

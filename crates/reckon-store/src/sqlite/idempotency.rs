@@ -1,0 +1,119 @@
+//! Idempotency records in SQLite: appended in the order they are made, and
+//! found through a small index of 64-bit hashes of (account, key).
+//!
+//! They were a `WITHOUT ROWID` table keyed by (account, key). Keys are
+//! random, so every new record landed on a random leaf, and a ~360-byte
+//! row on 1 KiB pages spilled into an overflow page: the writer read two
+//! or three pages from the OS for each new key and wrote as many to the
+//! WAL, ~40 µs of its time a request (a third of the throughput without
+//! keys). Now a record is appended to the table's last page, and only its
+//! ~14-byte index entry lands at random: ~60 entries share a leaf, so the
+//! index stays small enough to be read from the writer's cache.
+//!
+//! Purging takes the oldest records, a prefix of the table, so it needs no
+//! index by time either (see [`purge`]).
+
+use crate::error::StoreError;
+use crate::executor::{IdempotencyRecord, IdempotencyWrite, Plan, Prefetched};
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+/// The index key of a record: the first 8 bytes of SHA-256 over the
+/// account id's length, the id and the key. Stored, so it must never
+/// change. A digest rather than a fast hash: clients choose their keys,
+/// and keys that collided on purpose would pile up under one index entry.
+/// A collision only costs a look at the row; the lookup compares both.
+pub fn key_hash(account_id: &str, key: &str) -> i64 {
+    let mut h = Sha256::new();
+    h.update((account_id.len() as u32).to_le_bytes());
+    h.update(account_id.as_bytes());
+    h.update(key.as_bytes());
+    let digest = h.finalize();
+    i64::from_le_bytes(digest[..8].try_into().expect("a digest has 32 bytes"))
+}
+
+/// Makes [`key_hash`] callable from SQL as `reckon_key_hash(account_id,
+/// key)`, for the migration that moves existing records into the log.
+pub fn register_key_hash(conn: &Connection) -> Result<(), StoreError> {
+    conn.create_scalar_function(
+        "reckon_key_hash",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let account_id = ctx.get_raw(0).as_str()?;
+            let key = ctx.get_raw(1).as_str()?;
+            Ok(key_hash(account_id, key))
+        },
+    )?;
+    Ok(())
+}
+
+const LOOKUP: &str = "SELECT fingerprint, outcome FROM idempotency_log
+     WHERE key_hash = ?1 AND account_id = ?2 AND key = ?3";
+const INSERT: &str =
+    "INSERT INTO idempotency_log (key_hash, account_id, key, fingerprint, outcome, created_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Loads the records of the keys `plan` names into `out`, whose accounts
+/// are already loaded: a replay answers with the account as it is now (see
+/// `codec::encode_outcome`). A record is only ever written for a command
+/// that changed its account, so the account exists.
+pub fn load(conn: &Connection, plan: &Plan, out: &mut Prefetched) -> Result<(), StoreError> {
+    if plan.idempotency_keys.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare_cached(LOOKUP)?;
+    for (id, key) in &plan.idempotency_keys {
+        let row = stmt
+            .query_row(params![key_hash(id.as_str(), key), id.as_str(), key], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()?;
+        let (Some((fingerprint, outcome)), Some(state)) = (row, out.accounts.get(id)) else {
+            continue;
+        };
+        let outcome = crate::codec::decode_outcome(&outcome, &state.account)?;
+        out.idempotency.insert(
+            (id.clone(), key.clone()),
+            IdempotencyRecord {
+                fingerprint,
+                outcome,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Appends a batch's new records.
+pub fn insert(conn: &Connection, writes: &[IdempotencyWrite]) -> Result<(), StoreError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let mut insert = conn.prepare_cached(INSERT)?;
+    for w in writes {
+        insert.execute(params![
+            key_hash(w.account_id.as_str(), &w.key),
+            w.account_id.as_str(),
+            w.key,
+            w.record.fingerprint,
+            crate::codec::encode_outcome(&w.record.outcome),
+            w.created_at.millis(),
+        ])?;
+    }
+    Ok(())
+}
+
+/// Deletes the records made before `before`; returns how many. Records are
+/// appended in the order they were made, so these are the table's first
+/// rows, up to the first one made at `before` or later: found by walking
+/// the rowid from the start, through exactly the rows being deleted. A
+/// record made after a later one (the clock set back) waits for it.
+pub fn purge(conn: &Connection, before: reckon_core::Timestamp) -> Result<u64, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM idempotency_log WHERE seq < coalesce(
+             (SELECT seq FROM idempotency_log WHERE created_at >= ?1 ORDER BY seq LIMIT 1),
+             (SELECT max(seq) + 1 FROM idempotency_log))",
+        [before.millis()],
+    )? as u64)
+}
