@@ -469,6 +469,24 @@ async fn purge_forgets_old_keys(h: Harness) {
     assert!(!ok(&h, keyed(usage("a", 1), "old")).await.replayed);
 }
 
+/// More records than one purge step takes (SQLite deletes in steps so the
+/// writer serves requests between them): all go in one call.
+async fn purge_takes_every_old_key(h: Harness) {
+    const RECORDS: usize = 4_500;
+    ok(&h, create("a")).await;
+    ok(&h, grant("a", RECORDS as i64 + 1, GrantExpiry::Never)).await;
+    let requests: Vec<Request> = (0..RECORDS)
+        .map(|i| keyed(usage("a", 1), &format!("k{i}")))
+        .collect();
+    for r in h.store.submit_many(requests).await {
+        r.unwrap();
+    }
+    h.clock.advance_secs(1);
+    let purged = h.store.purge_idempotency(h.clock.now()).await.unwrap();
+    assert_eq!(purged, RECORDS as u64);
+    assert!(!ok(&h, keyed(usage("a", 1), "k0")).await.replayed);
+}
+
 async fn settings_round_trip(h: Harness) {
     assert_eq!(h.store.setting("x").await.unwrap(), None);
     h.store.set_setting("x", "1").await.unwrap();
@@ -930,6 +948,7 @@ contract!(
     concurrent_usage_never_overspends,
     acknowledged_writes_survive_restart,
     purge_forgets_old_keys,
+    purge_takes_every_old_key,
     settings_round_trip,
     accounts_page_by_id,
     random_retries_apply_once,

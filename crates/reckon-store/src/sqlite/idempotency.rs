@@ -104,16 +104,102 @@ pub fn insert(conn: &Connection, writes: &[IdempotencyWrite]) -> Result<(), Stor
     Ok(())
 }
 
-/// Deletes the records made before `before`; returns how many. Records are
-/// appended in the order they were made, so these are the table's first
-/// rows, up to the first one made at `before` or later: found by walking
-/// the rowid from the start, through exactly the rows being deleted. A
-/// record made after a later one (the clock set back) waits for it.
-pub fn purge(conn: &Connection, before: reckon_core::Timestamp) -> Result<u64, StoreError> {
+/// Most records one purge step deletes: a few milliseconds of the writer.
+pub const PURGE_STEP_RECORDS: u64 = 2_000;
+
+/// Deletes up to `limit` of the records made before `before`; returns how
+/// many. Records are appended in the order they were made, so these are
+/// the table's first rows, up to the first one made at `before` or later:
+/// found by walking the rowid from the start, through exactly the rows
+/// being deleted. A record made after a later one (the clock set back)
+/// waits for it.
+pub fn purge(
+    conn: &Connection,
+    before: reckon_core::Timestamp,
+    limit: u64,
+) -> Result<u64, StoreError> {
     Ok(conn.execute(
-        "DELETE FROM idempotency_log WHERE seq < coalesce(
-             (SELECT seq FROM idempotency_log WHERE created_at >= ?1 ORDER BY seq LIMIT 1),
-             (SELECT max(seq) + 1 FROM idempotency_log))",
-        [before.millis()],
+        "DELETE FROM idempotency_log WHERE seq < min(
+             coalesce(
+                 (SELECT seq FROM idempotency_log WHERE created_at >= ?1 ORDER BY seq LIMIT 1),
+                 (SELECT max(seq) + 1 FROM idempotency_log)),
+             (SELECT min(seq) FROM idempotency_log) + ?2)",
+        params![before.millis(), limit as i64],
     )? as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reckon_core::Timestamp;
+
+    fn log_with(created_at: &[i64]) -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        for (i, at) in created_at.iter().enumerate() {
+            conn.execute(
+                INSERT,
+                params![
+                    key_hash("a", &i.to_string()),
+                    "a",
+                    i.to_string(),
+                    "f",
+                    "2",
+                    at
+                ],
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    fn left(conn: &Connection) -> Vec<i64> {
+        let mut stmt = conn
+            .prepare("SELECT created_at FROM idempotency_log ORDER BY seq")
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn purge_takes_the_oldest_prefix_in_steps() {
+        let conn = log_with(&[1, 2, 3, 4, 5, 9]);
+        let before = Timestamp::from_millis(5);
+        assert_eq!(purge(&conn, before, 3).unwrap(), 3);
+        assert_eq!(left(&conn), [4, 5, 9]);
+        assert_eq!(purge(&conn, before, 3).unwrap(), 1);
+        assert_eq!(left(&conn), [5, 9]);
+        assert_eq!(purge(&conn, before, 3).unwrap(), 0);
+        assert_eq!(purge(&conn, Timestamp::from_millis(100), 3).unwrap(), 2);
+        assert_eq!(left(&conn), Vec::<i64>::new());
+        assert_eq!(purge(&conn, Timestamp::from_millis(100), 3).unwrap(), 0);
+    }
+
+    /// After the clock was set back, an older record behind a newer one is
+    /// kept until the newer one goes: kept too long, never too short.
+    #[test]
+    fn purge_stops_at_the_first_record_to_keep() {
+        let conn = log_with(&[1, 7, 2, 8]);
+        assert_eq!(purge(&conn, Timestamp::from_millis(5), 10).unwrap(), 1);
+        assert_eq!(left(&conn), [7, 2, 8]);
+    }
+
+    #[test]
+    fn the_lookup_checks_account_and_key_under_one_hash() {
+        let conn = log_with(&[1]);
+        // A row as a colliding key would leave it: same hash, another key.
+        conn.execute(
+            INSERT,
+            params![key_hash("a", "0"), "a", "other", "g", "2", 2],
+        )
+        .unwrap();
+        let found: Vec<String> = conn
+            .prepare(LOOKUP)
+            .unwrap()
+            .query_map(params![key_hash("a", "0"), "a", "0"], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(found, ["f"]);
+    }
 }
