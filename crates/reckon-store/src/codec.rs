@@ -7,7 +7,7 @@ use reckon_core::{
     Account, AccountId, AccountStatus, Allocation, Amount, Balance, Grant, Hold, HoldStatus,
     Outcome, OveragePolicy, Timestamp, Unit,
 };
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
 fn corrupt(what: &str) -> StoreError {
@@ -150,8 +150,8 @@ fn get_amount(v: &Value, field: &str) -> Result<Amount, StoreError> {
 /// The account is left out: it was ~270 of a record's ~360 bytes (metadata
 /// can be far more), and no answer renders more of it than its id, which
 /// the record is keyed by. [`decode_outcome`] takes the account as it is
-/// now. Records written before this format are JSON with the account in
-/// them, and still decode.
+/// now, and reads [`encode_json_outcome`]'s format too. SQLite writes this
+/// one; PostgreSQL still the JSON (see there).
 pub fn encode_outcome(o: &Outcome) -> String {
     let mut out = String::with_capacity(128);
     let mut digits = itoa::Buffer::new();
@@ -248,9 +248,55 @@ pub fn decode_outcome(text: &str, account: &Account) -> Result<Outcome, StoreErr
     })
 }
 
-/// The format before [`encode_outcome`]'s: JSON, the account included.
-/// Records live for the idempotency retention (24 h by default), so this
-/// can go once no database written before it can still hold any.
+/// An outcome as JSON, the account included: the format before
+/// [`encode_outcome`]'s. PostgreSQL still writes it, because its nodes are
+/// upgraded one at a time: a record one node writes may be replayed by a
+/// node of the previous release, which reads only this. It can switch to
+/// [`encode_outcome`] one release after every node reads both.
+pub fn encode_json_outcome(o: &Outcome) -> String {
+    let ts = |t: Option<Timestamp>| t.map_or(Value::Null, |t| json!(t.millis()));
+    let a = &o.account;
+    let mut m = Map::new();
+    m.insert(
+        "account".into(),
+        json!({
+            "id": a.id.as_str(), "unit": a.unit.as_str(), "status": a.status.as_str(),
+            "expires_at": ts(a.expires_at), "timezone": a.timezone.as_deref(), "metadata": &*a.metadata,
+            "overage": a.overage.as_str(), "created_at": a.created_at.millis(), "updated_at": a.updated_at.millis(),
+        }),
+    );
+    let b = &o.balance;
+    m.insert(
+        "balance".into(),
+        json!({
+            "granted": b.granted.micros(), "used": b.used.micros(), "held": b.held.micros(),
+            "available": b.available.micros(), "expired": b.expired.micros(),
+        }),
+    );
+    if let Some(g) = &o.grant {
+        m.insert(
+            "grant".into(),
+            json!({
+                "id": &*g.id, "seq": g.seq, "amount": g.amount.micros(), "remaining": g.remaining.micros(),
+                "expires_at": ts(g.expires_at), "source": &*g.source, "created_at": g.created_at.millis(),
+            }),
+        );
+    }
+    if let Some(h) = &o.hold {
+        m.insert(
+            "hold".into(),
+            json!({
+                "id": h.id, "account_id": h.account_id.as_str(), "amount": h.amount.micros(), "status": h.status.as_str(),
+                "expires_at": h.expires_at.millis(), "allocations": encode_allocations(&h.allocations),
+                "settled_amount": h.settled_amount.micros(), "created_at": h.created_at.millis(),
+                "resolved_at": ts(h.resolved_at),
+            }),
+        );
+    }
+    Value::Object(m).to_string()
+}
+
+/// Reads [`encode_json_outcome`]'s format, the account as it was stored.
 fn decode_json_outcome(text: &str) -> Result<Outcome, StoreError> {
     let v: Value = serde_json::from_str(text).map_err(|_| corrupt("json"))?;
     let a = get(&v, "account")?;
@@ -421,6 +467,8 @@ mod tests {
             },
         ];
         for o in outcomes {
+            let json = encode_json_outcome(&o);
+            assert_eq!(decode_outcome(&json, &account()).unwrap(), o, "{json}");
             let text = encode_outcome(&o);
             assert!(!text.contains("pro"), "the account is not stored: {text}");
             assert_eq!(decode_outcome(&text, &account()).unwrap(), o, "{text}");
@@ -429,8 +477,8 @@ mod tests {
         assert!(decode_outcome("2\t1\t2\t3\t4\t5\nx\ty", &account()).is_err());
     }
 
-    /// Records written before the compact format are JSON with the account
-    /// in them; they decode with that account, as they were stored.
+    /// JSON records (PostgreSQL's, and SQLite's before the compact format)
+    /// decode with the account they carry, as it was stored.
     #[test]
     fn json_outcomes_still_decode() {
         let text = r#"{"account":{"id":"acct-1","unit":"credits","status":"active","expires_at":null,"timezone":null,"metadata":"{}","overage":"reject","created_at":1700000000000,"updated_at":1700000000001},"balance":{"granted":5000000,"used":1000000,"held":0,"available":4000000,"expired":0}}"#;

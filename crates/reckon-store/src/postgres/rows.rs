@@ -3,7 +3,7 @@
 
 use crate::codec::{
     account_id, amount, decode_allocations, decode_grants, decode_outcome, encode_allocations,
-    encode_grants, encode_outcome,
+    encode_grants, encode_json_outcome,
 };
 use crate::credential::{Credential, CredentialKey};
 use crate::error::StoreError;
@@ -394,7 +394,7 @@ pub async fn write_and_commit(c: &impl GenericClient, w: &Writes) -> Result<(), 
         .collect();
     let r_outcome: Vec<String> = records
         .iter()
-        .map(|r| encode_outcome(&r.record.outcome))
+        .map(|r| encode_json_outcome(&r.record.outcome))
         .collect();
     let r_created: Vec<i64> = records.iter().map(|r| r.created_at.millis()).collect();
 
