@@ -184,18 +184,26 @@ mod tests {
     use super::*;
     use reckon_core::AccountId;
 
+    /// An in-memory database with the first `version` migrations applied,
+    /// as an older reckon left it.
+    fn database_at(version: usize) -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..version] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", version as i64)
+            .unwrap();
+        tx.commit().unwrap();
+        conn
+    }
+
     /// A database written before events were chained (schema version 2,
     /// with the `events_account` index) gets its chains built from the
     /// existing history, which then pages exactly as before.
     #[test]
     fn chaining_migration_keeps_history() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        let tx = conn.transaction().unwrap();
-        for sql in &MIGRATIONS[..2] {
-            tx.execute_batch(sql).unwrap();
-        }
-        tx.pragma_update(None, "user_version", 2).unwrap();
-        tx.commit().unwrap();
+        let mut conn = database_at(2);
         for name in ["a", "b"] {
             conn.execute(
                 "INSERT INTO accounts VALUES (?1, 'unit', 'active', NULL, NULL, '{}', 'reject', 0, 0, 0, 0, 0, 0, NULL, '')",
@@ -237,13 +245,7 @@ mod tests {
     /// first, each under its key's hash.
     #[test]
     fn idempotency_records_move_to_the_log() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        let tx = conn.transaction().unwrap();
-        for sql in &MIGRATIONS[..5] {
-            tx.execute_batch(sql).unwrap();
-        }
-        tx.pragma_update(None, "user_version", 5).unwrap();
-        tx.commit().unwrap();
+        let mut conn = database_at(5);
         for (account, key, at) in [("a", "k2", 20), ("a", "k1", 10), ("b", "k1", 30)] {
             conn.execute(
                 "INSERT INTO idempotency VALUES (?1, ?2, 'f', '{}', ?3)",
