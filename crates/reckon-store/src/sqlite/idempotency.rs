@@ -109,24 +109,23 @@ pub const PURGE_STEP_RECORDS: u64 = 2_000;
 
 /// Deletes up to `limit` of the records made before `before`; returns how
 /// many. Records are appended in the order they were made, so these are
-/// the table's first rows, up to the first one made at `before` or later:
-/// found by walking the rowid from the start, through exactly the rows
-/// being deleted. A record made after a later one (the clock set back)
-/// waits for it.
+/// the table's first rows, up to the first one made at `before` or later.
+/// That one is looked for among the first `limit` rows only: a step reads
+/// at most what it may delete, however long the backlog behind it. A
+/// record made after a later one (the clock set back) waits for it.
 pub fn purge(
     conn: &Connection,
     before: reckon_core::Timestamp,
     limit: u64,
 ) -> Result<u64, StoreError> {
-    Ok(conn.execute(
-        "DELETE FROM idempotency_log WHERE seq < min(
-             coalesce(
-                 (SELECT seq FROM idempotency_log WHERE created_at >= ?1 ORDER BY seq LIMIT 1),
-                 (SELECT max(seq) + 1 FROM idempotency_log)),
-             (SELECT min(seq) FROM idempotency_log) + ?2)",
-        params![before.millis(), limit as i64],
-    )? as u64)
+    Ok(conn.execute(PURGE, params![before.millis(), limit as i64])? as u64)
 }
+
+const PURGE: &str = "DELETE FROM idempotency_log WHERE seq < coalesce(
+         (SELECT seq FROM idempotency_log
+          WHERE seq < (SELECT min(seq) FROM idempotency_log) + ?2 AND created_at >= ?1
+          ORDER BY seq LIMIT 1),
+         (SELECT min(seq) FROM idempotency_log) + ?2)";
 
 #[cfg(test)]
 mod tests {
@@ -182,6 +181,29 @@ mod tests {
         let conn = log_with(&[1, 7, 2, 8]);
         assert_eq!(purge(&conn, Timestamp::from_millis(5), 10).unwrap(), 1);
         assert_eq!(left(&conn), [7, 2, 8]);
+    }
+
+    /// Every part of a step is a search by rowid or index, none a scan of
+    /// the table: a backlog of millions must not be read once per step.
+    #[test]
+    fn purge_and_lookup_read_no_more_than_they_need() {
+        let conn = log_with(&[1]);
+        let plan = |sql: &str| -> Vec<String> {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let zeros = vec![0; stmt.parameter_count()];
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(zeros), |r| r.get(3))
+                .unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        for sql in [PURGE, LOOKUP] {
+            let steps = plan(sql);
+            assert!(steps.iter().any(|s| s.starts_with("SEARCH")), "{steps:?}");
+            assert!(
+                !steps.iter().any(|s| s.starts_with("SCAN")),
+                "{sql}: {steps:?}"
+            );
+        }
     }
 
     #[test]

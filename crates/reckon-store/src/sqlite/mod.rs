@@ -739,10 +739,10 @@ impl Store for SqliteStore {
                         idempotency::purge(c, before, idempotency::PURGE_STEP_RECORDS)
                     })
                     .await?;
-                purged += step;
-                if step < idempotency::PURGE_STEP_RECORDS {
+                if step == 0 {
                     return Ok(purged);
                 }
+                purged += step;
             }
         })
     }
