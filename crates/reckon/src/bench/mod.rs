@@ -12,7 +12,9 @@
 //! operation), `mixed` (60 % usage, 30 % check, 10 % lock-settle), and
 //! `nilauth` (one op = a lock and its unlock through the nilauth-credit
 //! protocol, `/v1/funds/lock` and `/v1/funds/unlock`, as seed 002's
-//! middleware spends).
+//! middleware spends), and `nilauth-credential` (the same, the lock naming
+//! the account by a public credential, `/v1/balance/lock/public`, as the
+//! nilauth-credit Python client does; setup gives each account one).
 //!
 //! Around the scenarios it probes the disk under the database (`disk.rs`),
 //! and during each it records where the machine's CPU time went
@@ -31,7 +33,7 @@ use std::time::Duration;
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
-    /// Scenarios to run in order, comma-separated: healthz, check, usage, lock-settle, batch, mixed, nilauth.
+    /// Scenarios to run in order, comma-separated: healthz, check, usage, lock-settle, batch, mixed, nilauth, nilauth-credential.
     #[arg(long, default_value = "healthz,usage")]
     pub scenarios: String,
     /// Concurrent keep-alive connections.
@@ -95,6 +97,7 @@ pub enum Scenario {
     Batch,
     Mixed,
     Nilauth,
+    NilauthCredential,
 }
 
 impl Scenario {
@@ -107,6 +110,7 @@ impl Scenario {
             "batch" => Scenario::Batch,
             "mixed" => Scenario::Mixed,
             "nilauth" => Scenario::Nilauth,
+            "nilauth-credential" => Scenario::NilauthCredential,
             other => bail!("unknown scenario {other:?}"),
         })
     }
@@ -120,6 +124,7 @@ impl Scenario {
             Scenario::Batch => "batch",
             Scenario::Mixed => "mixed",
             Scenario::Nilauth => "nilauth",
+            Scenario::NilauthCredential => "nilauth-credential",
         }
     }
 }
@@ -149,6 +154,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             args.accounts,
             started.elapsed().as_secs_f64()
         );
+        if scenarios.contains(&Scenario::NilauthCredential) {
+            let started = std::time::Instant::now();
+            server
+                .setup_credentials(args.accounts)
+                .await
+                .context("giving bench accounts credentials")?;
+            eprintln!(
+                "setup: {} credentials in {:.1}s",
+                args.accounts,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     let probe_dir = args
         .fsync_probe_dir

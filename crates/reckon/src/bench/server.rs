@@ -175,6 +175,34 @@ impl Target {
         Ok(())
     }
 
+    /// Gives bench-0 .. bench-{n-1} their public credential
+    /// ([`bench_credential`]). Adding a credential an account already has
+    /// answers it again, so a second setup changes nothing.
+    pub async fn setup_credentials(&self, n: usize) -> Result<()> {
+        let endpoint = &self.endpoints[0];
+        let mut sender = endpoint.connect().await?;
+        for i in 0..n {
+            let body = serde_json::to_vec(
+                &serde_json::json!({"key": bench_credential(i), "public": true}),
+            )?;
+            let path = format!("/v1/accounts/bench-{i}/credentials");
+            sender.ready().await?;
+            let resp = sender
+                .send_request(endpoint.request(hyper::Method::POST, &path, Some(body.into())))
+                .await?;
+            let status = resp.status();
+            if !status.is_success() {
+                let bytes = resp.into_body().collect().await?.to_bytes();
+                bail!(
+                    "adding a credential failed: {status} {}",
+                    String::from_utf8_lossy(&bytes)
+                );
+            }
+            resp.into_body().collect().await?;
+        }
+        Ok(())
+    }
+
     /// The server's peak resident memory (VmHWM), when its pid is known (Linux).
     pub fn peak_rss_kb(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
@@ -191,4 +219,9 @@ impl Target {
             let _ = child.wait();
         }
     }
+}
+
+/// The public credential setup gives bench account `i`.
+pub fn bench_credential(i: usize) -> String {
+    format!("bench-pk-{i}")
 }

@@ -326,12 +326,19 @@ async fn perform(
             .await
             .map(|_| 1)
         }
-        Scenario::Nilauth => {
+        Scenario::Nilauth | Scenario::NilauthCredential => {
             // Locks 2, costs 1: the unlock settles (a cost of 0 would release).
-            let body = format!(r#"{{"user_id":"bench-{account}","amount":2}}"#);
+            let (path, body) = if scenario == Scenario::Nilauth {
+                let body = format!(r#"{{"user_id":"bench-{account}","amount":2}}"#);
+                ("/v1/funds/lock", body)
+            } else {
+                let credential = crate::bench::server::bench_credential(account);
+                let body = format!(r#"{{"credential":"{credential}","amount":2}}"#);
+                ("/v1/balance/lock/public", body)
+            };
             let answer = send(
                 sender,
-                target.request(Method::POST, "/v1/funds/lock", Some(Bytes::from(body))),
+                target.request(Method::POST, path, Some(Bytes::from(body))),
             )
             .await?;
             let v: serde_json::Value =
