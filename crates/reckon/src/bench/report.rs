@@ -35,7 +35,7 @@ pub fn print(r: &ScenarioResult) {
         None => "closed loop".to_owned(),
     };
     println!(
-        "{:<12} {:>4} conns, {}, {} accounts: {:>10.0} ops/s ({:.0} req/s)  latency p50 {} p99 {} p99.9 {} max {}  errors {:?}",
+        "{:<18} {:>4} conns, {}, {} accounts: {:>10.0} ops/s ({:.0} req/s)  latency p50 {} p99 {} p99.9 {} max {}  errors {:?}",
         r.scenario,
         r.connections,
         mode,
@@ -49,7 +49,7 @@ pub fn print(r: &ScenarioResult) {
         r.errors
     );
     if let Some(m) = r.machine {
-        println!("{:<12} {m}", "");
+        println!("{:<18} {m}", "");
     }
 }
 
