@@ -128,6 +128,8 @@ pub struct SqliteStore {
 struct Inner {
     jobs: mpsc::Sender<Job>,
     owners: Arc<HoldOwners>,
+    /// Whether idempotency records from before `idempotency_log` remain.
+    legacy: Arc<idempotency::Legacy>,
     /// Where each account's newest row is (see `account_log.rs`).
     log: Arc<AccountLog>,
     /// Always holds a connection for each available permit of `read_permits`.
@@ -221,6 +223,7 @@ impl SqliteStore {
         )?;
         schema::migrate(&mut writer)?;
         let log = Arc::new(AccountLog::open(&writer)?);
+        let legacy = Arc::new(idempotency::Legacy::open(&writer)?);
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         writer.pragma_update(None, "cache_spill", WRITER_SPILL_PAGES)?;
@@ -262,13 +265,14 @@ impl SqliteStore {
         let writer = std::thread::Builder::new()
             .name("reckon-writer".into())
             .spawn({
-                let (owners, log) = (owners.clone(), log.clone());
+                let (owners, log, legacy) = (owners.clone(), log.clone(), legacy.clone());
                 move || {
                     let parts = WriterParts {
                         clock,
                         wal_too_big,
                         owners,
                         log,
+                        legacy,
                         cache,
                         durability,
                     };
@@ -280,6 +284,7 @@ impl SqliteStore {
                 jobs: tx,
                 owners,
                 log,
+                legacy,
                 readers: Mutex::new(readers),
                 read_permits: tokio::sync::Semaphore::new(READ_CONNECTIONS),
                 path,
@@ -371,6 +376,7 @@ struct WriterParts {
     wal_too_big: Arc<AtomicBool>,
     owners: Arc<HoldOwners>,
     log: Arc<AccountLog>,
+    legacy: Arc<idempotency::Legacy>,
     cache: cache::Cache,
     durability: durable::Durability,
 }
@@ -381,6 +387,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterP
         wal_too_big,
         owners,
         log,
+        legacy,
         mut cache,
         durability,
     } = parts;
@@ -431,7 +438,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterP
         // Time never runs backwards inside the ledger, even if the wall clock does.
         last_now = last_now.max(clock.now());
         let (results, committed) = match run_batch(
-            &mut conn, &mut cache, &owners, &log, &requests, last_now,
+            &mut conn, &mut cache, &owners, &log, &legacy, &requests, last_now,
         ) {
             Ok(done) => done,
             Err(e) => {
@@ -516,6 +523,7 @@ fn run_batch(
     cache: &mut cache::Cache,
     owners: &HoldOwners,
     log: &AccountLog,
+    legacy: &idempotency::Legacy,
     requests: &[Request],
     now: Timestamp,
 ) -> Result<(Vec<Result<Executed, ExecError>>, bool), StoreError> {
@@ -529,7 +537,7 @@ fn run_batch(
     // last batch, a maintenance job or another process, is in the map
     // before any account is read.
     log.catch_up(&tx)?;
-    let (prefetched, mut heads) = rows::prefetch(&tx, &plan(requests), cache, log)?;
+    let (prefetched, mut heads) = rows::prefetch(&tx, &plan(requests), cache, log, legacy)?;
     let out = apply_batch(prefetched, requests, now);
     let writes = &out.writes;
     let committed = !writes.is_empty();
@@ -734,9 +742,10 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let mut purged = 0;
             loop {
+                let legacy = self.inner.legacy.clone();
                 let step = self
                     .maintain(Touches::Elsewhere, move |c| {
-                        idempotency::purge(c, before, idempotency::PURGE_STEP_RECORDS)
+                        idempotency::purge(c, before, idempotency::PURGE_STEP_RECORDS, &legacy)
                     })
                     .await?;
                 if step == 0 {

@@ -309,6 +309,7 @@ pub fn prefetch(
     plan: &Plan,
     cache: &mut Cache,
     log: &AccountLog,
+    legacy: &super::idempotency::Legacy,
 ) -> Result<(Prefetched, Heads), StoreError> {
     let mut out = Prefetched::default();
     let mut heads = Heads::default();
@@ -345,7 +346,7 @@ pub fn prefetch(
             heads.insert(id.clone(), head);
         }
     }
-    super::idempotency::load(conn, plan, &mut out)?;
+    super::idempotency::load(conn, plan, &mut out, legacy)?;
     Ok((out, heads))
 }
 

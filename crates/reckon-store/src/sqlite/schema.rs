@@ -139,7 +139,7 @@ CREATE INDEX holds_expiring ON holds(expires_at) WHERE status = 'held';
 "#,
     // Idempotency records are appended, with an index of key hashes, instead
     // of kept in a table keyed by (account, key): see `idempotency.rs`.
-    // Existing records move over oldest first, as the purge expects.
+    // Records already kept stay where they are until they age out.
     r#"
 CREATE TABLE idempotency_log (
     seq          INTEGER PRIMARY KEY,
@@ -151,10 +151,6 @@ CREATE TABLE idempotency_log (
     outcome      TEXT NOT NULL,
     created_at   INTEGER NOT NULL
 );
-INSERT INTO idempotency_log (key_hash, account_id, key, fingerprint, outcome, created_at)
-    SELECT reckon_key_hash(account_id, key), account_id, key, fingerprint, outcome, created_at
-    FROM idempotency ORDER BY created_at;
-DROP TABLE idempotency;
 CREATE INDEX idempotency_log_hash ON idempotency_log(key_hash);
 "#,
 ];
@@ -169,7 +165,6 @@ pub fn migrate(conn: &mut Connection) -> Result<usize, StoreError> {
             MIGRATIONS.len()
         )));
     }
-    super::idempotency::register_key_hash(conn)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
@@ -239,51 +234,5 @@ mod tests {
             )
             .unwrap();
         assert_eq!(index, 0, "the per-event index is gone");
-    }
-
-    /// Records in the keyed table (schema version 5) move to the log, oldest
-    /// first, each under its key's hash.
-    #[test]
-    fn idempotency_records_move_to_the_log() {
-        let mut conn = database_at(5);
-        for (account, key, at) in [("a", "k2", 20), ("a", "k1", 10), ("b", "k1", 30)] {
-            conn.execute(
-                "INSERT INTO idempotency VALUES (?1, ?2, 'f', '{}', ?3)",
-                rusqlite::params![account, key, at],
-            )
-            .unwrap();
-        }
-        assert_eq!(migrate(&mut conn).unwrap(), MIGRATIONS.len() - 5);
-        let mut stmt = conn
-            .prepare(
-                "SELECT key_hash, account_id, key, created_at FROM idempotency_log ORDER BY seq",
-            )
-            .unwrap();
-        let rows: Vec<(i64, String, String, i64)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let row = |a: &str, k: &str, at| {
-            (
-                super::super::idempotency::key_hash(a, k),
-                a.to_owned(),
-                k.to_owned(),
-                at,
-            )
-        };
-        assert_eq!(
-            rows,
-            [row("a", "k1", 10), row("a", "k2", 20), row("b", "k1", 30)]
-        );
-        assert_ne!(rows[0].0, rows[2].0, "the account is part of the hash");
-        let old: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'idempotency'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(old, 0, "the keyed table is gone");
     }
 }
