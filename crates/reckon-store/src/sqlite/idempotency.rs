@@ -57,14 +57,7 @@ impl Legacy {
         if !exists {
             return Ok(Legacy::default());
         }
-        let empty: bool =
-            conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM idempotency)", [], |r| {
-                r.get(0)
-            })?;
-        if empty {
-            conn.execute_batch("DROP TABLE idempotency")?;
-        }
-        Ok(Legacy(AtomicBool::new(!empty)))
+        Ok(Legacy(AtomicBool::new(!drop_if_empty(conn)?)))
     }
 
     pub fn present(&self) -> bool {
@@ -179,18 +172,24 @@ pub fn purge(
     let mut purged = conn.execute(PURGE, params![before.millis(), limit as i64])? as u64;
     if legacy.present() {
         purged += conn.execute(PURGE_LEGACY, params![before.millis(), limit as i64])? as u64;
-        let empty: bool =
-            conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM idempotency)", [], |r| {
-                r.get(0)
-            })?;
-        if empty {
-            conn.execute_batch("DROP TABLE idempotency")?;
-            // Its cached lookup must not outlive it.
-            conn.flush_prepared_statement_cache();
+        if drop_if_empty(conn)? {
             legacy.0.store(false, Ordering::Relaxed);
         }
     }
     Ok(purged)
+}
+
+/// Drops the old table if it holds no record; says whether it did.
+fn drop_if_empty(conn: &Connection) -> Result<bool, StoreError> {
+    let empty: bool = conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM idempotency)", [], |r| {
+        r.get(0)
+    })?;
+    if empty {
+        conn.execute_batch("DROP TABLE idempotency")?;
+        // A cached lookup must not outlive the table.
+        conn.flush_prepared_statement_cache();
+    }
+    Ok(empty)
 }
 
 const PURGE: &str = "DELETE FROM idempotency_log WHERE seq < coalesce(
