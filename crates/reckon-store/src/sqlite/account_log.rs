@@ -8,9 +8,10 @@
 //! latency they add to every WAL fsync, held a million accounts to ~70 % of
 //! the `usage` throughput of a thousand (docs/performance-log.md).
 //!
-//! So a change to an existing account appends the account's whole row to
-//! `account_log` instead (a rowid table: appends land on its last page),
-//! and this module keeps, in memory, where each account's newest row is:
+//! So a change to an existing account appends the account's whole state to
+//! `account_log` instead (a rowid table: appends land on its last page; the
+//! state in one compact blob, see [`APPEND`]), and this module keeps, in
+//! memory, where each account's newest row is:
 //! - The newest state of an account is its row in `account_log` at
 //!   [`AccountLog::newest`] if it has one, else its row in `accounts`
 //!   (written when it was created, or by a version without this log).
@@ -191,22 +192,34 @@ fn scan(conn: &Connection, mut send: impl FnMut(ScanChunk)) -> Result<(), StoreE
 }
 
 /// The account columns, in `rows::ACCOUNT_COLUMNS` order, that a log row
-/// holds besides its `seq` (a macro so statements can be built from it at
-/// compile time: [`APPEND`], `rows::INSERT_ACCOUNT`).
+/// holds besides its `seq` and `state` (a macro so statements can be built
+/// from it at compile time: `rows::INSERT_ACCOUNT`). Rows written since
+/// schema version 7 leave them empty (or zero) but for `id` and
+/// `last_event_seq`, and keep the rest in `state`.
 macro_rules! log_columns {
     () => {
         "id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq"
     };
 }
 pub(crate) use log_columns;
-pub const LOG_COLUMNS: &str = log_columns!();
-/// How many columns [`LOG_COLUMNS`] names.
-const LOG_COLUMN_COUNT: usize = 15;
-/// Appends an account's whole row, values in [`LOG_COLUMNS`] order.
-pub const APPEND: &str = concat!(
+/// How many columns `log_columns!` names.
+pub const LOG_COLUMN_COUNT: usize = 15;
+/// A log row's columns as read: `log_columns!`, then `state`.
+pub const ROW_COLUMNS: &str = concat!(log_columns!(), ", state");
+/// Where `state` is among [`ROW_COLUMNS`].
+pub const STATE_COLUMN: usize = LOG_COLUMN_COUNT;
+/// Appends an account's state: its id, the seq of its newest event and its
+/// state as `compact::encode_stored` writes it. The other columns (NOT NULL
+/// since schema version 5) get empty texts and zeros: a byte of the row's
+/// header each.
+pub const APPEND: &str = "INSERT INTO account_log
+    (id, unit, status, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq, state)
+    VALUES (?1, '', '', '', '', 0, 0, 0, 0, 0, 0, '', ?2, ?3)";
+/// Appends a row's values as read, in [`ROW_COLUMNS`] order.
+const APPEND_ROW: &str = concat!(
     "INSERT INTO account_log (",
     log_columns!(),
-    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+    ", state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
 );
 
 /// Removes rows from the log's head inside the writer's transaction, as
@@ -267,10 +280,10 @@ pub fn clean(
     Ok(())
 }
 
-/// Where `last_event_seq` is among [`LOG_COLUMNS`].
+/// Where `last_event_seq` is among [`ROW_COLUMNS`].
 const LAST_EVENT_SEQ_COLUMN: usize = LOG_COLUMN_COUNT - 1;
 
-/// Appends a copy of the log row at `seq`, its values (in [`LOG_COLUMNS`]
+/// Appends a copy of the log row at `seq`, its values (in [`ROW_COLUMNS`]
 /// order) changed by `edit` first. Read out and appended as values, not by
 /// `INSERT ... SELECT`: see the statement journal in [`clean`].
 fn append_copy(
@@ -280,13 +293,13 @@ fn append_copy(
 ) -> Result<(), StoreError> {
     let mut values: Vec<Value> = conn
         .prepare_cached(&format!(
-            "SELECT {LOG_COLUMNS} FROM account_log WHERE seq = ?1"
+            "SELECT {ROW_COLUMNS} FROM account_log WHERE seq = ?1"
         ))?
         .query_row([seq], |row| {
-            (0..LOG_COLUMN_COUNT).map(|i| row.get(i)).collect()
+            (0..=STATE_COLUMN).map(|i| row.get(i)).collect()
         })?;
     edit(&mut values);
-    conn.prepare_cached(APPEND)?
+    conn.prepare_cached(APPEND_ROW)?
         .execute(rusqlite::params_from_iter(values))?;
     Ok(())
 }
@@ -310,18 +323,36 @@ mod tests {
 
     #[test]
     fn column_count_matches_the_list() {
-        let columns: Vec<&str> = LOG_COLUMNS.split(", ").collect();
-        assert_eq!(columns.len(), LOG_COLUMN_COUNT);
+        let columns: Vec<&str> = ROW_COLUMNS.split(", ").collect();
+        assert_eq!(columns.len(), LOG_COLUMN_COUNT + 1);
         assert_eq!(columns[LAST_EVENT_SEQ_COLUMN], "last_event_seq");
+        assert_eq!(columns[STATE_COLUMN], "state");
     }
 
-    /// Appends a row for `id` with `used` as its only distinguishing value.
+    /// Appends a row for `id` with `used` as its only distinguishing value,
+    /// in columns, as rows were written before schema version 7 (the
+    /// cleaning copies them as they are).
     fn append(conn: &Connection, id: &str, used: i64) {
         let (none, no_text) = (None::<i64>, None::<String>);
         let row = rusqlite::params![
-            id, "credits", "active", none, no_text, "{}", "reject", 0, 0, 100, used, 0, 1, "", none
+            id,
+            "credits",
+            "active",
+            none,
+            no_text,
+            "{}",
+            "reject",
+            0,
+            0,
+            100,
+            used,
+            0,
+            1,
+            "",
+            none,
+            None::<Vec<u8>>
         ];
-        conn.execute(APPEND, row).unwrap();
+        conn.execute(APPEND_ROW, row).unwrap();
     }
 
     /// A log whose head row is `cold`'s only row, followed by enough rows of

@@ -1,8 +1,9 @@
 //! Reading and writing core values as SQLite rows. Every SQL statement of the
 //! backend lives here or in `schema.rs`.
 
-use super::account_log::{self, log_columns, AccountLog, LOG_COLUMNS};
+use super::account_log::{self, log_columns, AccountLog, ROW_COLUMNS, STATE_COLUMN};
 use super::cache::{Cache, Cached};
+use super::compact;
 use crate::codec::{
     account_id, amount, decode_allocations, decode_grants, encode_allocations, encode_grants,
 };
@@ -33,8 +34,15 @@ const ACCOUNT_COLUMNS: &str =
 /// seq of its newest event.
 type AccountRow = (Account, Totals, u64, Vec<Grant>, Option<i64>);
 
+/// An account row of `accounts` (its [`ACCOUNT_COLUMNS`]) or of the
+/// account log (`account_log::ROW_COLUMNS`: the same, then `state`).
 fn account_row(r: &Row) -> Result<Result<AccountRow, StoreError>, rusqlite::Error> {
     let id: String = r.get(0)?;
+    if r.as_ref().column_count() > STATE_COLUMN {
+        if let rusqlite::types::ValueRef::Blob(state) = r.get_ref(STATE_COLUMN)? {
+            return Ok(stored_row(&id, state, r.get(14)?));
+        }
+    }
     let unit: String = r.get(1)?;
     let status: String = r.get(2)?;
     let overage: String = r.get(6)?;
@@ -69,6 +77,26 @@ fn account_row(r: &Row) -> Result<Result<AccountRow, StoreError>, rusqlite::Erro
         ))
     };
     Ok(build())
+}
+
+/// A log row whose state is stored compact (schema version 7 on).
+fn stored_row(
+    id: &str,
+    state: &[u8],
+    last_event_seq: Option<i64>,
+) -> Result<AccountRow, StoreError> {
+    let id = account_id(id)?;
+    let s =
+        compact::decode_stored(state, &id).ok_or_else(|| bad("stored state of", id.as_str()))?;
+    let mut grants = s.grants;
+    grants.sort_by_key(|g| (g.expires_at.map_or(i64::MAX, Timestamp::millis), g.seq));
+    Ok((
+        s.account,
+        s.totals,
+        s.next_grant_seq,
+        grants,
+        last_event_seq,
+    ))
 }
 
 const HOLD_COLUMNS: &str =
@@ -149,7 +177,7 @@ impl<'c> AccountReads<'c> {
                 "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1"
             ))?,
             logged: conn.prepare_cached(&format!(
-                "SELECT {LOG_COLUMNS} FROM account_log WHERE seq = ?1"
+                "SELECT {ROW_COLUMNS} FROM account_log WHERE seq = ?1"
             ))?,
             open_holds: conn.prepare_cached(&format!(
                 "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND status = 'held'"
@@ -368,6 +396,7 @@ pub fn write_batch(
     append_events(conn, &writes.events, heads)?;
     let mut statements = AccountStatements {
         append: conn.prepare_cached(account_log::APPEND)?,
+        state: Vec::new(),
         set_due: conn.prepare_cached(SET_DUE)?,
         insert: conn.prepare_cached(INSERT_ACCOUNT)?,
         update_hold: conn.prepare_cached(UPDATE_HOLD)?,
@@ -420,6 +449,8 @@ const INSERT_PLAIN_EVENT: &str =
 /// The statements [`write_account`] uses, prepared once per batch.
 struct AccountStatements<'c> {
     append: CachedStatement<'c>,
+    /// Reused to encode each appended state.
+    state: Vec<u8>,
     set_due: CachedStatement<'c>,
     insert: CachedStatement<'c>,
     update_hold: CachedStatement<'c>,
@@ -437,26 +468,13 @@ fn write_account(
     let s = &w.after;
     let a = &s.account;
     let due = next_due(s);
-    let grants = encode_grants(&s.grants);
-    let row = params![
-        a.id.as_str(),
-        a.unit.as_str(),
-        a.status.as_str(),
-        a.expires_at.map(Timestamp::millis),
-        a.timezone,
-        a.metadata,
-        a.overage.as_str(),
-        a.created_at.millis(),
-        a.updated_at.millis(),
-        s.totals.granted.micros(),
-        s.totals.used.micros(),
-        s.totals.expired.micros(),
-        s.next_grant_seq as i64,
-        grants,
-        last_event_seq,
-    ];
     if let Some(before) = &w.before {
-        statements.append.execute(row)?;
+        let state = &mut statements.state;
+        state.clear();
+        compact::encode_stored(s, state);
+        statements
+            .append
+            .execute(params![a.id.as_str(), last_event_seq, &state[..]])?;
         if next_due(before) != due
             && statements
                 .set_due
@@ -469,6 +487,24 @@ fn write_account(
             )));
         }
     } else {
+        let grants = encode_grants(&s.grants);
+        let row = params![
+            a.id.as_str(),
+            a.unit.as_str(),
+            a.status.as_str(),
+            a.expires_at.map(Timestamp::millis),
+            a.timezone,
+            a.metadata,
+            a.overage.as_str(),
+            a.created_at.millis(),
+            a.updated_at.millis(),
+            s.totals.granted.micros(),
+            s.totals.used.micros(),
+            s.totals.expired.micros(),
+            s.next_grant_seq as i64,
+            grants,
+            last_event_seq,
+        ];
         let insert = &mut statements.insert;
         for (i, value) in row.iter().enumerate() {
             insert.raw_bind_parameter(i + 1, value)?;

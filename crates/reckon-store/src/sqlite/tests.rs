@@ -265,3 +265,93 @@ async fn answers_states_and_events_do_not_depend_on_the_cache() {
         assert_eq!(all, everything(&s.store).await);
     }
 }
+
+/// A database from before schema version 7 keeps account log rows in
+/// columns (`state` NULL): the store reads them as it did, and writes the
+/// account's next change in the compact form, which reads the same.
+#[tokio::test]
+async fn log_rows_in_columns_read_as_before() {
+    let Under {
+        store,
+        clock,
+        path,
+        _dir,
+    } = store(Cache::new(0, 0));
+    let a = id(1);
+    let units = |n: i64| Amount::from_micros(n * 1_000_000).unwrap();
+    let usage = |n: i64| {
+        Request::new(Command::Usage(UsageCmd {
+            account: a.clone(),
+            amount: units(n),
+        }))
+    };
+    for command in [
+        Command::CreateAccount(CreateAccount {
+            id: a.clone(),
+            unit: Unit::parse("credits").unwrap(),
+            expires_at: None,
+            timezone: Some("Europe/Paris".into()),
+            metadata: r#"{"plan":"pro"}"#.into(),
+            overage: OveragePolicy::Cap,
+        }),
+        Command::Grant(GrantCmd {
+            account: a.clone(),
+            grant_id: "g-1".into(),
+            amount: units(10),
+            expiry: GrantExpiry::Never,
+            source: "manual".into(),
+        }),
+    ] {
+        store.submit(Request::new(command)).await.unwrap();
+    }
+    store.submit(usage(1)).await.unwrap();
+    let mut old = store.account(&a).await.unwrap().unwrap();
+    drop(store);
+    // The next change as a reckon before version 7 appended it: used 3.
+    old.totals.used = units(3);
+    old.grants[0].remaining = units(7);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (used_column, last_event_seq): (i64, Option<i64>) = conn
+        .query_row(
+            "SELECT used, last_event_seq FROM account_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(used_column, 0, "this version writes the state compact");
+    let o = &old.account;
+    conn.execute(
+        "INSERT INTO account_log (id, unit, status, expires_at, timezone, metadata, overage, created_at,
+             updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq)
+         VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13)",
+        rusqlite::params![
+            o.id.as_str(),
+            o.unit.as_str(),
+            o.status.as_str(),
+            o.timezone,
+            o.metadata,
+            o.overage.as_str(),
+            o.created_at.millis(),
+            o.updated_at.millis(),
+            old.totals.granted.micros(),
+            old.totals.used.micros(),
+            old.next_grant_seq as i64,
+            crate::codec::encode_grants(&old.grants),
+            last_event_seq,
+        ],
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open_with_cache(&path, clock.clone(), Cache::new(0, 0)).unwrap();
+    assert_eq!(store.account(&a).await.unwrap().unwrap(), old);
+    let done = store.submit(usage(2)).await.unwrap();
+    assert_eq!(done.outcome.balance.available, units(5));
+    let mut new = old.clone();
+    new.totals.used = units(5);
+    new.grants[0].remaining = units(5);
+    new.account.updated_at = clock.now();
+    assert_eq!(store.account(&a).await.unwrap().unwrap(), new);
+    drop(store);
+    let store = SqliteStore::open_with_cache(&path, clock, Cache::new(0, 0)).unwrap();
+    assert_eq!(store.account(&a).await.unwrap().unwrap(), new);
+}
