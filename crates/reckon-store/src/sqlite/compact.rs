@@ -294,7 +294,12 @@ fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
             }
             continue;
         }
-        let v = HEX.iter().position(|&h| h == c)? as u8;
+        // Lowercase only: what `uuid_text` writes back.
+        let v = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
         out[digits / 2] |= v << (4 * (1 - digits % 2));
         digits += 1;
     }
