@@ -90,6 +90,9 @@ pub async fn run(
         },
         stop_rx,
     ));
+    // Only now, with the store open: scripts wait for this line, and a
+    // database that cannot be opened must not look like a server that is up.
+    println!("reckon listening on http://{}", listener.local_addr()?);
     tracing::info!(listen = %listener.local_addr()?, database = ?config.database, "reckon is serving");
     crate::serve(listener, app, shutdown).await?;
     let _ = stop_tx.send(true);

@@ -15,6 +15,9 @@ pub enum StoreError {
     /// A stored row could not be read back: a bug or a hand-edited database.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The database was migrated by a newer reckon; this one cannot read it.
+    #[error("database schema version {found} is newer than this reckon ({known}); upgrade reckon")]
+    SchemaTooNew { found: usize, known: usize },
     /// The executor has stopped (shutdown, or its thread died).
     #[error("the executor is not running")]
     Unavailable,
@@ -55,7 +58,9 @@ impl StoreError {
                     | rusqlite::ErrorCode::DiskFull
                     | rusqlite::ErrorCode::SystemIoFailure
             ),
-            StoreError::Sqlite(_) | StoreError::Corrupt(_) => false,
+            StoreError::Sqlite(_) | StoreError::Corrupt(_) | StoreError::SchemaTooNew { .. } => {
+                false
+            }
             StoreError::Postgres(e) => match e.as_db_error() {
                 // No server error: the connection failed or was cut.
                 None => true,

@@ -120,10 +120,10 @@ pub async fn migrate(client: &mut Client) -> Result<usize, StoreError> {
         .get(0);
     let version = version as usize;
     if version > MIGRATIONS.len() {
-        return Err(StoreError::Corrupt(format!(
-            "database schema version {version} is newer than this reckon ({}); upgrade reckon",
-            MIGRATIONS.len()
-        )));
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known: MIGRATIONS.len(),
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.batch_execute(sql).await?;

@@ -167,10 +167,10 @@ pub fn migrate(conn: &mut Connection) -> Result<usize, StoreError> {
     let version: usize =
         conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     if version > MIGRATIONS.len() {
-        return Err(StoreError::Corrupt(format!(
-            "database schema version {version} is newer than this reckon ({}); upgrade reckon",
-            MIGRATIONS.len()
-        )));
+        return Err(StoreError::SchemaTooNew {
+            found: version,
+            known: MIGRATIONS.len(),
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
