@@ -653,9 +653,8 @@ mod tests {
         bytes.len()
     }
 
-    #[test]
-    fn states_round_trip() {
-        round_trip(&state("a", vec![]), None);
+    /// Every optional field set, and values at their extremes.
+    fn varied_state() -> AccountState {
         let mut s = state(
             "b",
             vec![
@@ -675,6 +674,13 @@ mod tests {
             expired: Amount::ZERO,
         };
         s.next_grant_seq = u64::MAX;
+        s
+    }
+
+    #[test]
+    fn states_round_trip() {
+        round_trip(&state("a", vec![]), None);
+        let mut s = varied_state();
         round_trip(&s, Some(i64::MAX));
         s.account.overage = OveragePolicy::Cap;
         round_trip(&s, Some(1));
@@ -704,22 +710,7 @@ mod tests {
     #[test]
     fn stored_states_round_trip() {
         stored_round_trip(&state("a", vec![]));
-        let mut s = state(
-            "b",
-            vec![
-                grant(1, 0, None),
-                grant(7, 42, Some(i64::MIN)),
-                grant(8, 1_000_000, Some(i64::MAX)),
-            ],
-        );
-        s.account.status = AccountStatus::Suspended;
-        s.account.overage = OveragePolicy::Allow;
-        s.account.expires_at = Some(Timestamp::from_millis(i64::MAX));
-        s.account.timezone = Some("Europe/Paris".into());
-        s.account.metadata = r#"{"plan":"pro","note":"\u00e9"}"#.into();
-        s.totals.granted = Amount::MAX;
-        s.totals.used = Amount::from_micros(3).unwrap();
-        s.next_grant_seq = u64::MAX;
+        let mut s = varied_state();
         stored_round_trip(&s);
         s.account.overage = OveragePolicy::Cap;
         s.grants[1].id = "01a2434c-9f7b-7463-b889-95cc9a27cb21".into();

@@ -5,6 +5,7 @@
 //! reads every account from SQLite. Now and then a second handle on the
 //! same file (as the admin CLI would be) writes a batch instead.
 
+use super::account_log::log_columns;
 use super::cache::Cache;
 use super::SqliteStore;
 use crate::{Clock, ManualClock, Request, Store, PAGE_SIZE_MAX};
@@ -319,20 +320,24 @@ async fn log_rows_in_columns_read_as_before() {
         )
         .unwrap();
     assert_eq!(used_column, 0, "this version writes the state compact");
-    let o = &old.account;
+    // Its account's row in `accounts` as it was created, with the state
+    // since written over it in columns.
     conn.execute(
-        "INSERT INTO account_log (id, unit, status, expires_at, timezone, metadata, overage, created_at,
-             updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq)
-         VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?13)",
+        concat!(
+            "INSERT INTO account_log (",
+            log_columns!(),
+            ") SELECT ",
+            log_columns!(),
+            " FROM accounts WHERE id = ?1"
+        ),
+        [a.as_str()],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE account_log SET updated_at = ?1, granted = ?2, used = ?3, next_grant_seq = ?4,
+             grants = ?5, last_event_seq = ?6 WHERE seq = last_insert_rowid()",
         rusqlite::params![
-            o.id.as_str(),
-            o.unit.as_str(),
-            o.status.as_str(),
-            o.timezone,
-            o.metadata,
-            o.overage.as_str(),
-            o.created_at.millis(),
-            o.updated_at.millis(),
+            old.account.updated_at.millis(),
             old.totals.granted.micros(),
             old.totals.used.micros(),
             old.next_grant_seq as i64,
