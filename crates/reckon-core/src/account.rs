@@ -222,7 +222,7 @@ impl Grant {
     }
 
     /// The draw order: earliest expiry first (never-expiring last), then oldest.
-    pub(crate) fn draw_key(&self) -> (i64, u64) {
+    pub fn draw_key(&self) -> (i64, u64) {
         (
             self.expires_at.map_or(i64::MAX, Timestamp::millis),
             self.seq,

@@ -54,7 +54,7 @@ pub fn account(r: &Row) -> Result<AccountState, StoreError> {
         expired: amount(r.try_get(11)?)?,
     };
     let mut grants = decode_grants(r.try_get(13)?)?;
-    grants.sort_by_key(|g| (g.expires_at.map_or(i64::MAX, Timestamp::millis), g.seq));
+    grants.sort_by_key(reckon_core::Grant::draw_key);
     Ok(AccountState {
         account,
         totals,

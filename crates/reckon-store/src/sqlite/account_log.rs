@@ -281,7 +281,7 @@ pub fn clean(
 }
 
 /// Where `last_event_seq` is among [`ROW_COLUMNS`].
-const LAST_EVENT_SEQ_COLUMN: usize = LOG_COLUMN_COUNT - 1;
+pub const LAST_EVENT_SEQ_COLUMN: usize = LOG_COLUMN_COUNT - 1;
 
 /// Appends a copy of the log row at `seq`, its values (in [`ROW_COLUMNS`]
 /// order) changed by `edit` first. Read out and appended as values, not by

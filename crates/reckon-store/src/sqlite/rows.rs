@@ -1,7 +1,9 @@
 //! Reading and writing core values as SQLite rows. Every SQL statement of the
 //! backend lives here or in `schema.rs`.
 
-use super::account_log::{self, log_columns, AccountLog, ROW_COLUMNS, STATE_COLUMN};
+use super::account_log::{
+    self, log_columns, AccountLog, LAST_EVENT_SEQ_COLUMN, ROW_COLUMNS, STATE_COLUMN,
+};
 use super::cache::{Cache, Cached};
 use super::compact;
 use crate::codec::{
@@ -40,7 +42,7 @@ fn account_row(r: &Row) -> Result<Result<AccountRow, StoreError>, rusqlite::Erro
     let id: String = r.get(0)?;
     if r.as_ref().column_count() > STATE_COLUMN {
         if let rusqlite::types::ValueRef::Blob(state) = r.get_ref(STATE_COLUMN)? {
-            return Ok(stored_row(&id, state, r.get(14)?));
+            return Ok(stored_row(&id, state, r.get(LAST_EVENT_SEQ_COLUMN)?));
         }
     }
     let unit: String = r.get(1)?;
@@ -48,7 +50,7 @@ fn account_row(r: &Row) -> Result<Result<AccountRow, StoreError>, rusqlite::Erro
     let overage: String = r.get(6)?;
     let (granted, used, expired): (i64, i64, i64) = (r.get(9)?, r.get(10)?, r.get(11)?);
     let grants: String = r.get(13)?;
-    let last_event_seq: Option<i64> = r.get(14)?;
+    let last_event_seq: Option<i64> = r.get(LAST_EVENT_SEQ_COLUMN)?;
     let build = || -> Result<AccountRow, StoreError> {
         let account = Account {
             id: account_id(&id)?,
@@ -67,7 +69,7 @@ fn account_row(r: &Row) -> Result<Result<AccountRow, StoreError>, rusqlite::Erro
             expired: amount(expired)?,
         };
         let mut grants = decode_grants(&grants)?;
-        grants.sort_by_key(|g| (g.expires_at.map_or(i64::MAX, Timestamp::millis), g.seq));
+        grants.sort_by_key(Grant::draw_key);
         Ok((
             account,
             totals,
@@ -89,7 +91,7 @@ fn stored_row(
     let s =
         compact::decode_stored(state, &id).ok_or_else(|| bad("stored state of", id.as_str()))?;
     let mut grants = s.grants;
-    grants.sort_by_key(|g| (g.expires_at.map_or(i64::MAX, Timestamp::millis), g.seq));
+    grants.sort_by_key(Grant::draw_key);
     Ok((
         s.account,
         s.totals,
