@@ -1,10 +1,10 @@
-//! Acknowledged writes survive SIGKILL while the SQLite account log is
-//! being cleaned.
+//! Acknowledged writes survive SIGKILL while the SQLite account log's ring
+//! is being rewritten.
 //!
 //! A real `reckon serve` takes enough usage, spread over enough accounts,
-//! that the writer appends rows to the account log and cleans its head
-//! (`sqlite/account_log.rs`): rows still an account's newest appended again,
-//! the rest deleted. The server is killed without a chance to checkpoint or
+//! that the writer fills the account log's ring and comes round it
+//! (`sqlite/account_log.rs`): rows still an account's newest are skipped,
+//! the rest overwritten. The server is killed without a chance to checkpoint or
 //! close, restarted on the same file, and every account must show exactly
 //! the usage that was acknowledged.
 
@@ -15,10 +15,10 @@ use serde_json::{json, Value};
 const ADMIN: &str = "kill-admin";
 const ACCOUNTS: usize = 2_000;
 /// Operations per `/v1/batch` call; each usage batch changes half the
-/// accounts once each, so it appends 1,000 log rows.
+/// accounts once each, so it writes 1,000 log rows.
 const OPS: usize = ACCOUNTS / 2;
-/// Enough batches to pass the log's limit (two rows per account plus
-/// `LOG_SLACK_ROWS`, ~8,100 rows here) and clean for a while.
+/// Enough batches to pass the ring's limit (two rows per account plus
+/// `LOG_SLACK_ROWS`, ~8,100 rows here) and come round it.
 const USAGE_BATCHES: usize = 16;
 
 fn start(database: &str) -> support::Server {
@@ -47,7 +47,7 @@ async fn batch(client: &reqwest::Client, base: &str, ops: Vec<Value>) {
 }
 
 #[tokio::test]
-async fn acknowledged_usage_survives_sigkill_while_the_log_is_cleaned() {
+async fn acknowledged_usage_survives_sigkill_while_the_ring_is_rewritten() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reckon.db");
     let database = format!("sqlite:{}", path.display());
@@ -67,8 +67,8 @@ async fn acknowledged_usage_survives_sigkill_while_the_log_is_cleaned() {
     let mut used = vec![0u64; ACCOUNTS];
     for b in 0..USAGE_BATCHES {
         // The first batch changes the upper half, the others the lower
-        // half: the upper half's rows reach the log's head still their
-        // accounts' newest, so cleaning appends them again.
+        // half: the upper half's rows are still their accounts' newest when
+        // the ring comes round to them, and are skipped.
         let ops = (0..OPS)
             .map(|k| {
                 let i = if b == 0 { OPS + k } else { k };
@@ -80,13 +80,13 @@ async fn acknowledged_usage_survives_sigkill_while_the_log_is_cleaned() {
     }
     drop(server);
 
-    let (head, rows): (i64, i64) = rusqlite::Connection::open(&path)
+    let (written, rows): (i64, i64) = rusqlite::Connection::open(&path)
         .unwrap()
-        .query_row("SELECT min(seq), count(*) FROM account_log", [], |r| {
+        .query_row("SELECT max(written), count(*) FROM account_log", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
-    assert!(head > 1, "the log's head was never cleaned ({rows} rows)");
+    assert!(written > rows, "the ring never came round ({rows} rows)");
 
     let server = start(&database);
     for (i, expected) in used.iter().enumerate() {

@@ -1,4 +1,4 @@
-//! Account state as an append-only log.
+//! Account state as a log of rows written in a ring.
 //!
 //! `accounts` is a B-tree keyed by account id, so updating a row in place
 //! dirties the page that account happens to live on. Over a few thousand
@@ -8,28 +8,39 @@
 //! latency they add to every WAL fsync, held a million accounts to ~70 % of
 //! the `usage` throughput of a thousand (docs/performance-log.md).
 //!
-//! So a change to an existing account appends the account's whole state to
-//! `account_log` instead (a rowid table: appends land on its last page; the
-//! state in one compact blob, see [`APPEND`]), and this module keeps, in
-//! memory, where each account's newest row is:
-//! - The newest state of an account is its row in `account_log` at
-//!   [`AccountLog::newest`] if it has one, else its row in `accounts`
-//!   (written when it was created, or by a version without this log).
-//!   `accounts` stays the list of accounts, and keeps `next_due` current
-//!   for the sweeper's index; its other columns go stale once an account
-//!   is in the log.
-//! - The map is exactly "the log scanned in `seq` order, the last row per
-//!   account winning", up to `max_seq`. [`AccountLog::catch_up`] scans rows
-//!   past `max_seq`, so any connection brings it up to date with whatever
-//!   it can see, including rows another process (the CLI) appended. The
-//!   writer does so inside its write transaction before reading any
-//!   account, so it never works from a stale row; readers do so at the
-//!   start of each read.
-//! - Old rows are removed only from the log's head by [`clean`], in the
-//!   writer's transaction: a head row that is still an account's newest is
-//!   appended again first, so a deleted row always has a newer one for the
-//!   same account, which a catch-up finds. Rowids are never reused: the
-//!   newest row is never in the cleaned range.
+//! So a change to an existing account writes the account's whole state as
+//! a new row of `account_log` instead (a rowid table; the state in one
+//! compact blob, see [`PUT`]). The log's rows are slots, filled in slot
+//! order like a ring: each new row goes into the next slot whose row is no
+//! longer its account's newest, overwriting it, so the writes stay
+//! sequential and nothing is ever deleted. (The log was append-only with
+//! its head deleted before, 2026-12-05: SQLite writes every page a `DELETE`
+//! frees to the WAL, ~150 of the ~620 bytes a `usage` wrote.)
+//! - Every row has `written`, one more than the largest before it (NULL in
+//!   rows written before schema version 8, which were appended in order:
+//!   theirs is their slot, `seq`). An account's newest state is its row
+//!   with the largest `written` if it has one in the log, else its row in
+//!   `accounts` (written when it was created, or by a version without this
+//!   log). `accounts` stays the list of accounts, and keeps `next_due`
+//!   current for the sweeper's index; its other columns go stale once an
+//!   account is in the log.
+//! - This module keeps, in memory, each logged account's newest row (its
+//!   slot and `written`), the largest `written` and the slot after its row:
+//!   the cursor, where the next row goes. The ring grows at its end, by
+//!   appending, while it holds fewer than [`LOG_ROWS_PER_ACCOUNT`] rows per
+//!   logged account plus [`LOG_SLACK_ROWS`]; once it holds that many, the
+//!   cursor wraps to the first slot.
+//! - Rows are written in slot order, so rows past the cursor with a larger
+//!   `written` than the map's are exactly the rows written since, in order,
+//!   up to the first slot that is neither new nor still its account's
+//!   newest. [`AccountLog::catch_up`] walks them, so any connection brings
+//!   the map up to date with whatever it can see, including rows another
+//!   process (the CLI) wrote. The writer does so inside its write
+//!   transaction before reading or writing any account, so it never works
+//!   from a stale map; readers do so at the start of each read.
+//! - A reader may find the slot the map names overwritten by then (its
+//!   account had a newer row, and the writer has moved on); it catches up
+//!   and looks again (`rows::newest_row`).
 //! - A start scans the whole log once (`open`), reading rows on the caller's
 //!   thread while another builds the map from them: the two halves of the
 //!   work cost about the same, so the scan takes about half as long on two
@@ -38,28 +49,30 @@
 use crate::error::StoreError;
 use crate::executor::IdMap;
 use reckon_core::AccountId;
-use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use std::sync::{mpsc, RwLock};
 
 /// Rows the log may hold beyond [`LOG_ROWS_PER_ACCOUNT`] per logged account
-/// before the writer starts cleaning its head. Keeps a small log (a few hot
-/// accounts) from being cleaned on every batch.
+/// before its cursor wraps. Keeps a small log (a few hot accounts) from
+/// wrapping within a batch, and bounds how far a map can fall behind and
+/// still be caught up by a walk (see [`AccountLog::catch_up`]).
 pub const LOG_SLACK_ROWS: i64 = 4_096;
-/// The log is cleaned once it holds more than this many rows per logged
-/// account, plus the slack. With changes spread evenly over accounts, a
-/// head row is still its account's newest with probability p where
-/// p = e^(-2(1-p)), about 20 %, so cleaning appends ~0.25 rows per change
-/// and deletes ~1.25. At 1.25 rows per account it was p = 61 % (2.6 rows
-/// appended per change), which doubled the writer's time per request at a
-/// million accounts; a longer log costs less to clean but takes longer to
-/// scan at start.
+/// The ring wraps once it holds this many rows per logged account, plus the
+/// slack. With changes spread evenly over accounts, a slot the cursor
+/// reaches is still its account's newest with probability p where
+/// p = e^(-2(1-p)), about 20 %; it is skipped. A longer ring skips fewer
+/// but takes longer to scan at start; three rows per account measured no
+/// different from two (docs/performance-log.md).
 const LOG_ROWS_PER_ACCOUNT: i64 = 2;
-/// Fewest head rows one cleaning pass looks at.
-const CLEAN_ROWS_MIN: i64 = 32;
-/// Most head rows one cleaning pass looks at, so no batch pays for a long
-/// backlog at once.
-const CLEAN_ROWS_MAX: i64 = 4_096;
+
+/// Slots read at a time when looking for free ones or catching up.
+const WALK_CHUNK_ROWS: i64 = 256;
+/// Reads [`WALK_CHUNK_ROWS`] slots from `?1` on, below `?2`. The limit is
+/// written in, not bound: SQLite plans a bound LIMIT for its value and
+/// prepares the statement again each time it is bound (10 % of the writer's
+/// time, 2026-12-05).
+const SLOTS: &str = "SELECT seq, id, coalesce(written, seq) FROM account_log
+    WHERE seq >= ?1 AND seq < ?2 ORDER BY seq LIMIT 256";
 
 /// Rows one chunk of the start-up scan carries to the thread building the
 /// map: large enough that handing chunks over costs nothing measurable.
@@ -73,34 +86,76 @@ pub struct AccountLog {
     state: RwLock<State>,
 }
 
+/// A logged account's newest row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Newest {
+    pub slot: i64,
+    pub written: i64,
+}
+
 #[derive(Default)]
 struct State {
-    newest: IdMap<Box<str>, i64>,
-    /// Every row with a smaller or equal `seq` has been applied to `newest`.
-    max_seq: i64,
+    newest: IdMap<Box<str>, Newest>,
+    /// Every row with a smaller or equal `written` has been applied to
+    /// `newest`.
+    written: i64,
+    /// The slot after the row with the largest `written`: where the next
+    /// row goes (past the end: it is appended, or the ring wraps).
+    cursor: i64,
 }
 
 impl State {
-    /// Applies the log row `seq` of account `id`; rows come in `seq` order.
-    /// An id already in the map is not allocated again: the log holds up to
-    /// two rows per account.
-    fn apply(&mut self, seq: i64, id: &str) {
+    /// Applies a row written after every row applied so far.
+    fn apply(&mut self, slot: i64, id: &str, written: i64) {
+        let newest = Newest { slot, written };
         match self.newest.get_mut(id) {
-            Some(newest) => *newest = seq,
+            Some(n) => *n = newest,
             None => {
-                self.newest.insert(id.into(), seq);
+                self.newest.insert(id.into(), newest);
             }
         }
-        self.max_seq = seq;
+        self.written = written;
+        self.cursor = slot + 1;
+    }
+
+    /// Applies a row of the whole log read in slot order, where an
+    /// account's rows need not come in `written` order.
+    fn apply_scanned(&mut self, slot: i64, id: &str, written: i64) {
+        let newest = Newest { slot, written };
+        match self.newest.get_mut(id) {
+            Some(n) if n.written > written => {}
+            Some(n) => *n = newest,
+            None => {
+                self.newest.insert(id.into(), newest);
+            }
+        }
+        if written > self.written {
+            self.written = written;
+            self.cursor = slot + 1;
+        }
+    }
+
+    /// Whether the row at `slot`, of account `id`, is its newest.
+    fn is_newest(&self, slot: i64, id: &str) -> bool {
+        self.newest.get(id).is_some_and(|n| n.slot == slot)
     }
 }
 
-/// Rows of the start-up scan in `seq` order: their ids back to back, and
-/// for each row its `seq` and where its id ends.
+/// Rows of the start-up scan in slot order: their ids back to back, and
+/// for each row its slot, `written` and where its id ends.
 #[derive(Default)]
 struct ScanChunk {
     ids: String,
-    rows: Vec<(i64, usize)>,
+    rows: Vec<(i64, i64, usize)>,
+}
+
+/// What a walk from the cursor found.
+enum Walk {
+    /// Caught up: the first slot neither new nor still its account's newest.
+    Done,
+    /// The map fell so far behind that the walk cannot tell the rows written
+    /// since from older ones (the ring may have come round); scan it whole.
+    Rescan,
 }
 
 impl AccountLog {
@@ -108,49 +163,29 @@ impl AccountLog {
     /// and hands them over in chunks, in order, to a thread that builds the
     /// map (see the module docs).
     pub fn open(conn: &Connection) -> Result<AccountLog, StoreError> {
-        let (chunks, received) = mpsc::sync_channel::<ScanChunk>(SCAN_CHUNKS_AHEAD);
-        let state = std::thread::scope(|scope| -> Result<State, StoreError> {
-            let builder = std::thread::Builder::new()
-                .name("reckon-log-scan".into())
-                .spawn_scoped(scope, move || {
-                    let mut state = State::default();
-                    for chunk in received {
-                        let mut start = 0;
-                        for &(seq, end) in &chunk.rows {
-                            state.apply(seq, &chunk.ids[start..end]);
-                            start = end;
-                        }
-                    }
-                    state
-                })?;
-            let read = scan(conn, |chunk| {
-                // The builder only stops when this sender is dropped.
-                let _ = chunks.send(chunk);
-            });
-            drop(chunks);
-            let state = builder
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            read.map(|()| state)
-        })?;
         Ok(AccountLog {
-            state: RwLock::new(state),
+            state: RwLock::new(scan(conn)?),
         })
     }
 
-    /// The `seq` of `id`'s newest row, if the account has one in the log.
-    pub fn newest(&self, id: &AccountId) -> Option<i64> {
+    /// The newest row of `id`, if the account has one in the log.
+    pub fn newest(&self, id: &AccountId) -> Option<Newest> {
         self.read().newest.get(id.as_str()).copied()
     }
 
-    /// Applies the rows past `max_seq` that `conn` can see: one index seek
-    /// when there are none, under the write lock (asking first whether there
-    /// are any cost the writer, which always finds its last batch's rows, a
-    /// second statement per batch).
+    /// Applies the rows written since the map was last caught up that `conn`
+    /// can see (see the module docs): one read of the cursor's slot when
+    /// there are none.
     pub fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
         let mut state = self.state.write().expect("account log lock");
-        let after = state.max_seq;
-        rows_after(conn, after, |seq, id| state.apply(seq, id))
+        if let Walk::Rescan = walk(conn, &mut state)? {
+            let scanned = scan(conn)?;
+            // Never back: a snapshot older than the map's cannot have led here.
+            if scanned.written >= state.written {
+                *state = scanned;
+            }
+        }
+        Ok(())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -158,33 +193,122 @@ impl AccountLog {
     }
 }
 
-/// Passes `seq` and `id` of every log row past `after` to `row`, in order.
-fn rows_after(
+/// Reads up to [`WALK_CHUNK_ROWS`] slots from `from` on (below `below`), in
+/// order, passing each slot, id and `written` to `row` until it says stop;
+/// returns how many it read.
+fn slots(
     conn: &Connection,
-    after: i64,
-    mut row: impl FnMut(i64, &str),
-) -> Result<(), StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT seq, id FROM account_log WHERE seq > ?1 ORDER BY seq")?;
-    let mut rows = stmt.query([after])?;
+    from: i64,
+    below: i64,
+    mut row: impl FnMut(i64, &str, i64) -> bool,
+) -> Result<i64, StoreError> {
+    let mut stmt = conn.prepare_cached(SLOTS)?;
+    let mut rows = stmt.query(params![from, below])?;
+    let mut read = 0;
     while let Some(r) = rows.next()? {
-        let seq: i64 = r.get(0)?;
-        row(seq, r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?);
+        read += 1;
+        let id = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+        if !row(r.get(0)?, id, r.get(2)?) {
+            break;
+        }
     }
-    Ok(())
+    Ok(read)
 }
 
-/// Reads the whole log in `seq` order and passes it to `send` in chunks of
+/// Walks the slots from the cursor, applying the rows written since (see
+/// the module docs). Rows are written in slot order with `written` rising,
+/// so the new ones come first, in order; a row whose `written` is new to
+/// the map but lower than one just applied means the writers came round the
+/// ring past the cursor, and so does reaching the cursor again. Neither can
+/// happen before [`LOG_SLACK_ROWS`] rows were written (a lap writes every
+/// slot free when it began, at least the slack), which is far more than
+/// the map of a running server ever falls behind.
+fn walk(conn: &Connection, state: &mut State) -> Result<Walk, StoreError> {
+    let (start, known) = (state.cursor, state.written);
+    let mut from = start;
+    let mut below = i64::MAX;
+    loop {
+        let mut end = None;
+        let read = slots(conn, from, below, |slot, id, written| {
+            from = slot + 1;
+            if written > state.written {
+                state.apply(slot, id, written);
+                true
+            } else if written > known {
+                end = Some(Walk::Rescan);
+                false
+            } else if state.is_newest(slot, id) {
+                true
+            } else {
+                end = Some(Walk::Done);
+                false
+            }
+        })?;
+        if let Some(end) = end {
+            return Ok(end);
+        }
+        if read < WALK_CHUNK_ROWS {
+            // The end of the ring; the rest of it is before the start.
+            if below != i64::MAX {
+                // Round to the cursor: nothing was new, or the writers came
+                // round the whole ring.
+                return Ok(if state.written == known {
+                    Walk::Done
+                } else {
+                    Walk::Rescan
+                });
+            }
+            (from, below) = (i64::MIN, start);
+        }
+    }
+}
+
+/// The map of the whole log: this thread reads the rows and hands them over
+/// in chunks, in order, to a thread that builds the map.
+fn scan(conn: &Connection) -> Result<State, StoreError> {
+    let (chunks, received) = mpsc::sync_channel::<ScanChunk>(SCAN_CHUNKS_AHEAD);
+    std::thread::scope(|scope| -> Result<State, StoreError> {
+        let builder = std::thread::Builder::new()
+            .name("reckon-log-scan".into())
+            .spawn_scoped(scope, move || {
+                let mut state = State::default();
+                for chunk in received {
+                    let mut start = 0;
+                    for &(slot, written, end) in &chunk.rows {
+                        state.apply_scanned(slot, &chunk.ids[start..end], written);
+                        start = end;
+                    }
+                }
+                state
+            })?;
+        let read = read_all(conn, |chunk| {
+            // The builder only stops when this sender is dropped.
+            let _ = chunks.send(chunk);
+        });
+        drop(chunks);
+        let state = builder
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        read.map(|()| state)
+    })
+}
+
+/// Reads the whole log in slot order and passes it to `send` in chunks of
 /// [`SCAN_CHUNK_ROWS`] rows.
-fn scan(conn: &Connection, mut send: impl FnMut(ScanChunk)) -> Result<(), StoreError> {
+fn read_all(conn: &Connection, mut send: impl FnMut(ScanChunk)) -> Result<(), StoreError> {
     let mut chunk = ScanChunk::default();
-    rows_after(conn, 0, |seq, id| {
-        chunk.ids.push_str(id);
-        chunk.rows.push((seq, chunk.ids.len()));
+    let mut stmt = conn
+        .prepare_cached("SELECT seq, id, coalesce(written, seq) FROM account_log ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        chunk
+            .ids
+            .push_str(r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?);
+        chunk.rows.push((r.get(0)?, r.get(2)?, chunk.ids.len()));
         if chunk.rows.len() == SCAN_CHUNK_ROWS {
             send(std::mem::take(&mut chunk));
         }
-    })?;
+    }
     if !chunk.rows.is_empty() {
         send(chunk);
     }
@@ -192,7 +316,7 @@ fn scan(conn: &Connection, mut send: impl FnMut(ScanChunk)) -> Result<(), StoreE
 }
 
 /// The account columns, in `rows::ACCOUNT_COLUMNS` order, that a log row
-/// holds besides its `seq` and `state` (a macro so statements can be built
+/// holds besides its slot (`seq`), `state` and `written` (a macro so statements can be built
 /// from it at compile time: `rows::INSERT_ACCOUNT`). Rows written since
 /// schema version 7 leave them empty (or zero) but for `id` and
 /// `last_event_seq`, and keep the rest in `state`.
@@ -204,190 +328,274 @@ macro_rules! log_columns {
 pub(crate) use log_columns;
 /// How many columns `log_columns!` names.
 pub const LOG_COLUMN_COUNT: usize = 15;
-/// A log row's columns as read: `log_columns!`, then `state`.
-pub const ROW_COLUMNS: &str = concat!(log_columns!(), ", state");
+/// A log row's columns as read: `log_columns!`, then `state` and `written`
+/// (a row's slot for rows written before schema version 8).
+pub const ROW_COLUMNS: &str = concat!(log_columns!(), ", state, coalesce(written, seq)");
 /// Where `state` is among [`ROW_COLUMNS`].
 pub const STATE_COLUMN: usize = LOG_COLUMN_COUNT;
-/// Appends an account's state: its id, the seq of its newest event and its
-/// state as `compact::encode_stored` writes it. The other columns (NOT NULL
-/// since schema version 5) get empty texts and zeros: a byte of the row's
-/// header each.
-pub const APPEND: &str = "INSERT INTO account_log
-    (id, unit, status, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq, state)
-    VALUES (?1, '', '', '', '', 0, 0, 0, 0, 0, 0, '', ?2, ?3)";
-/// Appends a row's values as read, in [`ROW_COLUMNS`] order.
-const APPEND_ROW: &str = concat!(
-    "INSERT INTO account_log (",
-    log_columns!(),
-    ", state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
-);
-
-/// Removes rows from the log's head inside the writer's transaction, as
-/// many as the log has beyond [`LOG_ROWS_PER_ACCOUNT`] (and the slack). A
-/// head row that is still its account's newest is appended again first.
-/// `written` are the accounts this transaction already appended (their head
-/// rows are stale even though the map, caught up at the transaction's start,
-/// does not know it yet), one row each.
-pub fn clean(
-    conn: &Connection,
-    log: &AccountLog,
-    written: &crate::executor::IdSet<&str>,
-) -> Result<(), StoreError> {
-    let Some(head) = conn
-        .prepare_cached("SELECT seq FROM account_log ORDER BY seq LIMIT 1")?
-        .query_row([], |r| r.get::<_, i64>(0))
-        .optional()?
-    else {
-        return Ok(());
-    };
-    let state = log.read();
-    let rows = state.max_seq - head + 1 + written.len() as i64;
-    let allowed = state.newest.len() as i64 * LOG_ROWS_PER_ACCOUNT + LOG_SLACK_ROWS;
-    if rows <= allowed {
-        return Ok(());
-    }
-    // Only rows the map has seen (not this transaction's), and never the
-    // newest row: the slack keeps the head far from it.
-    let budget = (rows - allowed).clamp(CLEAN_ROWS_MIN, CLEAN_ROWS_MAX);
-    let end = (head + budget - 1).min(state.max_seq - 1);
-    if end < head {
-        return Ok(());
-    }
-    // Live rows are read out and appended as values: `INSERT ... SELECT`
-    // may write several rows, so inside a transaction SQLite keeps a
-    // statement journal for it, and allocating and freeing that journal
-    // (glibc trimming its heap with `madvise` on the way) was ~30 % of the
-    // writer's time at a million accounts. A `DELETE` needs none (no
-    // triggers or foreign keys here), so the head goes in one statement.
-    // Only the live rows' columns are read: most head rows are dead.
-    let mut live: Vec<i64> = Vec::new();
-    {
-        let mut stmt = conn.prepare_cached("SELECT seq, id FROM account_log WHERE seq <= ?1")?;
-        let mut rows = stmt.query([end])?;
-        while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            let id = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-            if !written.contains(id) && state.newest.get(id) == Some(&seq) {
-                live.push(seq);
-            }
-        }
-    }
-    for seq in live {
-        append_copy(conn, seq, |_| {})?;
-    }
-    conn.prepare_cached("DELETE FROM account_log WHERE seq <= ?1")?
-        .execute([end])?;
-    Ok(())
-}
-
+/// Where the row's `written` is among [`ROW_COLUMNS`].
+pub const WRITTEN_COLUMN: usize = LOG_COLUMN_COUNT + 1;
 /// Where `last_event_seq` is among [`ROW_COLUMNS`].
 pub const LAST_EVENT_SEQ_COLUMN: usize = LOG_COLUMN_COUNT - 1;
+/// Writes an account's state into a slot (a new one past the end, or over a
+/// row no longer its account's newest): the slot, its id, the seq of its
+/// newest event, its state as `compact::encode_stored` writes it, and
+/// `written`. The other columns (NOT NULL since schema version 5) get empty
+/// texts and zeros: a byte of the row's header each. One statement for
+/// both: SQLite replaces a rowid's row in place.
+pub const PUT: &str = "INSERT OR REPLACE INTO account_log
+    (seq, id, unit, status, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq, state, written)
+    VALUES (?1, ?2, '', '', '', '', 0, 0, 0, 0, 0, 0, '', ?3, ?4, ?5)";
 
-/// Appends a copy of the log row at `seq`, its values (in [`ROW_COLUMNS`]
-/// order) changed by `edit` first. Read out and appended as values, not by
-/// `INSERT ... SELECT`: see the statement journal in [`clean`].
-fn append_copy(
-    conn: &Connection,
-    seq: i64,
-    edit: impl FnOnce(&mut [Value]),
-) -> Result<(), StoreError> {
-    let mut values: Vec<Value> = conn
-        .prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS} FROM account_log WHERE seq = ?1"
-        ))?
-        .query_row([seq], |row| {
-            (0..=STATE_COLUMN).map(|i| row.get(i)).collect()
-        })?;
-    edit(&mut values);
-    conn.prepare_cached(APPEND_ROW)?
-        .execute(rusqlite::params_from_iter(values))?;
-    Ok(())
+/// An account's new row: its id, the seq of its newest event and its state
+/// as `compact::encode_stored` wrote it.
+pub struct NewRow<'a> {
+    pub id: &'a str,
+    pub last_event_seq: Option<i64>,
+    pub state: &'a [u8],
 }
 
-/// Appends a copy of the log row at `seq` whose event chain head is
-/// `last_event_seq` (an event appended outside a ledger batch).
-pub fn append_with_head(
-    conn: &Connection,
-    seq: i64,
-    last_event_seq: i64,
-) -> Result<(), StoreError> {
-    append_copy(conn, seq, |values| {
-        values[LAST_EVENT_SEQ_COLUMN] = Value::Integer(last_event_seq)
-    })
+/// Writes `rows` (at most one per account) into the ring inside the
+/// writer's transaction, from the cursor on: each into the next slot whose
+/// row is no longer its account's newest, or appended past the end while
+/// the ring is short (see the module docs). The map must be caught up (the
+/// writer's transaction starts with it); it learns of these rows when it
+/// next catches up, once they are committed.
+pub fn write(conn: &Connection, log: &AccountLog, rows: &[NewRow<'_>]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let state = log.read();
+    // Slots for `rows`, in order; and each of this batch's accounts' slot,
+    // so a slot holding its previous newest row counts as free.
+    let mut free: Vec<i64> = Vec::with_capacity(rows.len());
+    let mut taken: IdMap<&str, i64> = IdMap::default();
+    let (mut from, mut below) = (state.cursor, i64::MAX);
+    while free.len() < rows.len() {
+        let read = slots(conn, from, below, |slot, id, _| {
+            from = slot + 1;
+            let newest = match taken.get(id) {
+                Some(&mine) => mine == slot,
+                None => state.is_newest(slot, id),
+            };
+            if !newest {
+                let row = &rows[free.len()];
+                taken.insert(row.id, slot);
+                free.push(slot);
+            }
+            free.len() < rows.len()
+        })?;
+        if free.len() == rows.len() || read == WALK_CHUNK_ROWS {
+            continue;
+        }
+        // The end of the ring: grow it while it is short (and if a whole lap
+        // found too few free slots, which the slack rules out), else wrap.
+        let (first, last): (Option<i64>, Option<i64>) = conn
+            .prepare_cached("SELECT min(seq), max(seq) FROM account_log")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (first, last) = (first.unwrap_or(1), last.unwrap_or(0));
+        let logged = state.newest.len()
+            + rows
+                .iter()
+                .filter(|r| !state.newest.contains_key(r.id))
+                .count();
+        let allowed = logged as i64 * LOG_ROWS_PER_ACCOUNT + LOG_SLACK_ROWS;
+        if last - first + 1 < allowed || below != i64::MAX {
+            free.extend((last + 1..).take(rows.len() - free.len()));
+        } else {
+            (from, below) = (first, state.cursor);
+        }
+    }
+    let mut put = conn.prepare_cached(PUT)?;
+    for ((row, slot), written) in rows.iter().zip(free).zip(state.written + 1..) {
+        put.execute(params![
+            slot,
+            row.id,
+            row.last_event_seq,
+            row.state,
+            written
+        ])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::IdSet;
 
-    #[test]
-    fn column_count_matches_the_list() {
-        let columns: Vec<&str> = ROW_COLUMNS.split(", ").collect();
-        assert_eq!(columns.len(), LOG_COLUMN_COUNT + 1);
-        assert_eq!(columns[LAST_EVENT_SEQ_COLUMN], "last_event_seq");
-        assert_eq!(columns[STATE_COLUMN], "state");
-    }
-
-    /// Appends a row for `id` with `used` as its only distinguishing value,
-    /// in columns, as rows were written before schema version 7 (the
-    /// cleaning copies them as they are).
-    fn append(conn: &Connection, id: &str, used: i64) {
-        let (none, no_text) = (None::<i64>, None::<String>);
-        let row = rusqlite::params![
-            id,
-            "credits",
-            "active",
-            none,
-            no_text,
-            "{}",
-            "reject",
-            0,
-            0,
-            100,
-            used,
-            0,
-            1,
-            "",
-            none,
-            None::<Vec<u8>>
-        ];
-        conn.execute(APPEND_ROW, row).unwrap();
-    }
-
-    /// A log whose head row is `cold`'s only row, followed by enough rows of
-    /// `hot` to need cleaning.
-    fn log_with_cold_head() -> (Connection, AccountLog) {
+    fn log_db() -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
-        append(&conn, "cold", 1);
-        for used in 0..LOG_SLACK_ROWS + 100 {
-            append(&conn, "hot", used);
+        conn
+    }
+
+    /// Writes one row per id, as the writer does in one transaction, its
+    /// state the bytes of `n` (what tells rows apart here), after catching
+    /// up as the writer's transaction starts.
+    fn put(conn: &Connection, log: &AccountLog, ids: &[&str], n: u32) {
+        log.catch_up(conn).unwrap();
+        let state = n.to_le_bytes();
+        let rows: Vec<NewRow> = ids
+            .iter()
+            .map(|&id| NewRow {
+                id,
+                last_event_seq: None,
+                state: &state,
+            })
+            .collect();
+        write(conn, log, &rows).unwrap();
+    }
+
+    /// The `n` of `id`'s newest row, as the map finds it after catching up.
+    fn newest(conn: &Connection, log: &AccountLog, id: &str) -> u32 {
+        log.catch_up(conn).unwrap();
+        let n = log.newest(&AccountId::parse(id).unwrap()).unwrap();
+        let (row_id, state, written): (String, Vec<u8>, i64) = conn
+            .query_row(
+                "SELECT id, state, coalesce(written, seq) FROM account_log WHERE seq = ?1",
+                [n.slot],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((row_id.as_str(), written), (id, n.written));
+        u32::from_le_bytes(state.try_into().unwrap())
+    }
+
+    fn rows(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM account_log", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// The ring grows to its limit, then wraps and overwrites only rows no
+    /// longer their account's newest: a cold account written once keeps
+    /// its row through many laps of a hot one's.
+    #[test]
+    fn the_ring_wraps_and_keeps_every_newest_row() {
+        let conn = log_db();
+        let log = AccountLog::default();
+        put(&conn, &log, &["cold"], 7);
+        let limit = 2 * 2 + LOG_SLACK_ROWS;
+        for n in 0..3 * limit as u32 {
+            put(&conn, &log, &["hot"], n);
+        }
+        assert_eq!(rows(&conn), limit, "the ring stopped growing at its limit");
+        assert_eq!(newest(&conn, &log, "cold"), 7);
+        assert_eq!(newest(&conn, &log, "hot"), 3 * limit as u32 - 1);
+    }
+
+    /// A second handle's map (another process) catches up by walking from
+    /// its cursor, across the ring's end, and agrees with a fresh scan.
+    #[test]
+    fn a_walk_finds_what_another_handle_wrote_across_the_wrap() {
+        let conn = log_db();
+        let (writer, other) = (AccountLog::default(), AccountLog::default());
+        let ids: Vec<String> = (0..100).map(|i| format!("acct-{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut n = 0;
+        for round in 0..1_000 {
+            // Ten accounts a batch, the first half of them more often.
+            let batch: Vec<&str> = (0..10)
+                .map(|k| ids[(round * 10 + k) * 7 % if round % 3 == 0 { 100 } else { 50 }])
+                .collect::<std::collections::BTreeSet<&str>>()
+                .into_iter()
+                .collect();
+            n += 1;
+            put(&conn, &writer, &batch, n);
+            if round % 17 == 0 {
+                other.catch_up(&conn).unwrap();
+            }
+        }
+        assert!(rows(&conn) < 5_000, "the ring wrapped");
+        let scanned = AccountLog::open(&conn).unwrap();
+        for log in [&writer, &other] {
+            log.catch_up(&conn).unwrap();
+            assert_eq!(log.read().newest, scanned.read().newest);
+            assert_eq!(log.read().cursor, scanned.read().cursor);
+        }
+    }
+
+    /// A map that fell more than a lap behind (a process idle while others
+    /// wrote) cannot trust a walk; it scans the log again.
+    #[test]
+    fn a_map_a_lap_behind_scans_again() {
+        let conn = log_db();
+        let (writer, idle) = (AccountLog::default(), AccountLog::default());
+        put(&conn, &writer, &["a", "b"], 0);
+        idle.catch_up(&conn).unwrap();
+        put(&conn, &writer, &["b"], 1);
+        for n in 2..3 * LOG_SLACK_ROWS as u32 {
+            put(&conn, &writer, &["c"], n);
+        }
+        assert_eq!(newest(&conn, &idle, "a"), 0);
+        assert_eq!(newest(&conn, &idle, "b"), 1);
+        assert_eq!(newest(&conn, &idle, "c"), 3 * LOG_SLACK_ROWS as u32 - 1);
+        writer.catch_up(&conn).unwrap();
+        assert_eq!(idle.read().newest, writer.read().newest);
+    }
+
+    /// Rows appended before schema version 8 have no `written`; their slot
+    /// stands for it, and the ring carries on after them.
+    #[test]
+    fn rows_from_before_the_ring_read_in_slot_order() {
+        let conn = log_db();
+        for (id, n) in [("a", 1u32), ("b", 2), ("a", 3)] {
+            conn.execute(
+                "INSERT INTO account_log (id, unit, status, metadata, overage, created_at, updated_at,
+                     granted, used, expired, next_grant_seq, grants, state)
+                 VALUES (?1, '', '', '', '', 0, 0, 0, 0, 0, 0, '', ?2)",
+                params![id, n.to_le_bytes()],
+            )
+            .unwrap();
         }
         let log = AccountLog::open(&conn).unwrap();
-        (conn, log)
+        assert_eq!(
+            log.newest(&AccountId::parse("a").unwrap()).unwrap().written,
+            3
+        );
+        put(&conn, &log, &["b"], 4);
+        let count = |id: &str| -> i64 {
+            conn.query_row(
+                "SELECT count(*) FROM account_log WHERE id = ?1 AND written IS NOT NULL",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(count("b"), 1);
+        let reopened = AccountLog::open(&conn).unwrap();
+        for l in [&log, &reopened] {
+            l.catch_up(&conn).unwrap();
+        }
+        assert_eq!(log.read().newest, reopened.read().newest);
+        assert_eq!(newest(&conn, &reopened, "b"), 4);
+        assert_eq!(newest(&conn, &reopened, "a"), 3);
     }
 
     /// The start-up scan hands rows over in chunks to another thread; what
-    /// it builds must be what applying the rows one by one builds: the last
-    /// row per account, across chunk boundaries, and the largest `seq`.
+    /// it builds must be what catching up row by row builds, across chunk
+    /// boundaries.
     #[test]
     fn the_start_up_scan_builds_what_a_catch_up_builds() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
+        let conn = log_db();
+        let log = AccountLog::default();
         let accounts = 1_000;
-        let rows = 2 * SCAN_CHUNK_ROWS + 7;
-        for i in 0..rows {
+        let ids: Vec<String> = (0..accounts).map(|i| format!("acct-{i}")).collect();
+        for i in 0..2 * SCAN_CHUNK_ROWS + 7 {
             // Ids of different lengths, and an account's rows spread across
             // chunks.
-            append(&conn, &format!("acct-{}", (i * 7919) % accounts), i as i64);
+            put(
+                &conn,
+                &log,
+                &[ids[(i * 7919) % accounts].as_str()],
+                i as u32,
+            );
         }
+        log.catch_up(&conn).unwrap();
         let scanned = AccountLog::open(&conn).unwrap();
-        let caught_up = AccountLog::default();
-        caught_up.catch_up(&conn).unwrap();
-        let (scanned, caught_up) = (scanned.read(), caught_up.read());
-        assert_eq!(scanned.max_seq, rows as i64);
-        assert_eq!(scanned.max_seq, caught_up.max_seq);
+        let (scanned, caught_up) = (scanned.read(), log.read());
+        assert_eq!(scanned.written, (2 * SCAN_CHUNK_ROWS + 7) as i64);
+        assert_eq!(scanned.written, caught_up.written);
+        assert_eq!(scanned.cursor, caught_up.cursor);
         assert_eq!(scanned.newest.len(), accounts);
         assert_eq!(scanned.newest, caught_up.newest);
     }
@@ -395,49 +603,27 @@ mod tests {
     /// A log with no rows: nothing to hand over, and no thread left waiting.
     #[test]
     fn the_start_up_scan_of_an_empty_log_is_empty() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
-        let log = AccountLog::open(&conn).unwrap();
-        assert_eq!(log.read().max_seq, 0);
+        let log = AccountLog::open(&log_db()).unwrap();
+        assert_eq!(log.read().written, 0);
         assert!(log.read().newest.is_empty());
     }
 
-    fn used_in_newest(conn: &Connection, log: &AccountLog, id: &str) -> i64 {
-        let seq = log.newest(&AccountId::parse(id).unwrap()).unwrap();
-        conn.query_row("SELECT used FROM account_log WHERE seq = ?1", [seq], |r| {
-            r.get(0)
-        })
-        .unwrap()
+    #[test]
+    fn the_slots_statement_reads_a_chunk() {
+        assert!(SLOTS.ends_with(&format!("LIMIT {WALK_CHUNK_ROWS}")));
     }
 
     #[test]
-    fn cleaning_keeps_a_live_head_row() {
-        let (conn, log) = log_with_cold_head();
-        clean(&conn, &log, &IdSet::default()).unwrap();
-        log.catch_up(&conn).unwrap();
-        let head: i64 = conn
-            .query_row("SELECT min(seq) FROM account_log", [], |r| r.get(0))
-            .unwrap();
-        assert!(head > 1, "the head was cleaned");
-        assert_eq!(
-            used_in_newest(&conn, &log, "cold"),
-            1,
-            "cold was appended again"
-        );
-    }
-
-    /// The batch cleaning the head already appended a newer row for the
-    /// head's account: the old row must not be appended after it.
-    #[test]
-    fn cleaning_skips_accounts_the_batch_wrote() {
-        let (conn, log) = log_with_cold_head();
-        append(&conn, "cold", 2);
-        clean(&conn, &log, &IdSet::from_iter(["cold"])).unwrap();
-        log.catch_up(&conn).unwrap();
-        assert_eq!(
-            used_in_newest(&conn, &log, "cold"),
-            2,
-            "the batch's row stays the newest"
-        );
+    fn column_count_matches_the_list() {
+        let written = ", coalesce(written, seq)";
+        let columns: Vec<&str> = ROW_COLUMNS
+            .strip_suffix(written)
+            .unwrap()
+            .split(", ")
+            .collect();
+        assert_eq!(columns.len(), LOG_COLUMN_COUNT + 1);
+        assert_eq!(columns[LAST_EVENT_SEQ_COLUMN], "last_event_seq");
+        assert_eq!(columns[STATE_COLUMN], "state");
+        assert_eq!(WRITTEN_COLUMN, columns.len());
     }
 }

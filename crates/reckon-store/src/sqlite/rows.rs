@@ -2,7 +2,7 @@
 //! backend lives here or in `schema.rs`.
 
 use super::account_log::{
-    self, log_columns, AccountLog, LAST_EVENT_SEQ_COLUMN, ROW_COLUMNS, STATE_COLUMN,
+    self, log_columns, AccountLog, LAST_EVENT_SEQ_COLUMN, ROW_COLUMNS, STATE_COLUMN, WRITTEN_COLUMN,
 };
 use super::cache::{Cache, Cached};
 use super::compact;
@@ -11,7 +11,7 @@ use crate::codec::{
 };
 use crate::error::StoreError;
 use crate::executor::{
-    due_ids, next_due, AccountWrite, EventWrite, IdMap, IdSet, Plan, Prefetched, Writes,
+    due_ids, next_due, AccountWrite, EventWrite, IdMap, Plan, Prefetched, Writes,
 };
 use crate::request::StoredEvent;
 use reckon_core::{
@@ -188,13 +188,13 @@ impl<'c> AccountReads<'c> {
     }
 }
 
-/// How often [`newest_row`] looks again for a row cleaned away under it.
+/// How often [`newest_row`] looks again for a row overwritten under it.
 const NEWEST_ROW_TRIES: usize = 4;
 
 /// An account's newest row (see `account_log`): in the log if it has one
-/// there, else in `accounts`. The map may name a row the writer has just
-/// cleaned away; the cleaner appended a newer one first, which catching up
-/// finds.
+/// there, else in `accounts`. The slot the map names may have been
+/// overwritten since (the account had a newer row, and the writer moved
+/// on); catching up finds the newer row.
 fn newest_row(
     conn: &Connection,
     reads: &mut AccountReads<'_>,
@@ -202,22 +202,26 @@ fn newest_row(
     id: &AccountId,
 ) -> Result<Option<AccountRow>, StoreError> {
     for _ in 0..NEWEST_ROW_TRIES {
-        let Some(seq) = log.newest(id) else {
+        let Some(newest) = log.newest(id) else {
             return reads
                 .account
                 .query_row([id.as_str()], account_row)
                 .optional()?
                 .transpose();
         };
-        if let Some(row) = reads.logged.query_row([seq], account_row).optional()? {
-            let row = row?;
-            if &row.0.id != id {
-                return Err(bad(
-                    "account log row of another account at seq",
-                    &seq.to_string(),
-                ));
-            }
-            return Ok(Some(row));
+        let row = reads
+            .logged
+            .query_row([newest.slot], |r| {
+                // The account's row, as new as the map's or newer (its
+                // account's again, after a lap): read it.
+                let ours = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)? == id.as_str()
+                    && r.get::<_, i64>(WRITTEN_COLUMN)? >= newest.written;
+                ours.then(|| account_row(r)).transpose()
+            })
+            .optional()?
+            .flatten();
+        if let Some(row) = row {
+            return row.map(Some);
         }
         log.catch_up(conn)?;
     }
@@ -383,11 +387,10 @@ pub fn prefetch(
 /// Persists a batch's [`Writes`] inside the writer's transaction. Events
 /// go first: each links to its account's previous one (see
 /// [`append_events`]), and the account rows then record the new chain heads,
-/// which `heads` holds afterwards. Changed accounts are appended to the
-/// account log, whose head is then cleaned as needed (see `account_log`).
-/// Every statement is prepared once per batch: `prepare_cached` hashes the
-/// SQL text on each call, and per row that was about 8 % of the writer's
-/// samples in a 1,000-operation batch.
+/// which `heads` holds afterwards. Changed accounts are written to the
+/// account log's ring (see `account_log`). Every statement is prepared once
+/// per batch: `prepare_cached` hashes the SQL text on each call, and per row
+/// that was about 8 % of the writer's samples in a 1,000-operation batch.
 #[inline(never)] // as `prefetch`
 pub fn write_batch(
     conn: &Connection,
@@ -397,32 +400,54 @@ pub fn write_batch(
 ) -> Result<(), StoreError> {
     append_events(conn, &writes.events, heads)?;
     let mut statements = AccountStatements {
-        append: conn.prepare_cached(account_log::APPEND)?,
-        state: Vec::new(),
         set_due: conn.prepare_cached(SET_DUE)?,
         insert: conn.prepare_cached(INSERT_ACCOUNT)?,
         update_hold: conn.prepare_cached(UPDATE_HOLD)?,
         insert_hold: conn.prepare_cached(INSERT_HOLD)?,
     };
-    let mut appended = IdSet::default();
+    let mut logged = LogRows::default();
     for w in &writes.accounts {
         let head = heads.get(&w.after.account.id).copied().flatten();
-        write_account(&mut statements, w, head)?;
-        if w.before.is_some() {
-            appended.insert(w.after.account.id.as_str());
-        }
+        write_account(&mut statements, &mut logged, w, head)?;
     }
     for (id, due) in &writes.swept_due {
         statements
             .set_due
             .execute(params![id.as_str(), due.map(Timestamp::millis)])?;
     }
-    // Back into the cache: `clean` prepares `APPEND` too, and a statement
-    // still checked out would be compiled again for it (~4 % of the
-    // writer's time at a million accounts).
     drop(statements);
     super::idempotency::insert(conn, &writes.idempotency)?;
-    account_log::clean(conn, log, &appended)
+    logged.write(conn, log)
+}
+
+/// The account log rows of a batch, their states encoded back to back.
+#[derive(Default)]
+struct LogRows<'a> {
+    states: Vec<u8>,
+    rows: Vec<(&'a str, Option<i64>, std::ops::Range<usize>)>,
+}
+
+impl<'a> LogRows<'a> {
+    fn push(&mut self, s: &'a AccountState, last_event_seq: Option<i64>) {
+        let start = self.states.len();
+        compact::encode_stored(s, &mut self.states);
+        let end = self.states.len();
+        self.rows
+            .push((s.account.id.as_str(), last_event_seq, start..end));
+    }
+
+    fn write(&self, conn: &Connection, log: &AccountLog) -> Result<(), StoreError> {
+        let rows: Vec<account_log::NewRow> = self
+            .rows
+            .iter()
+            .map(|(id, last_event_seq, state)| account_log::NewRow {
+                id,
+                last_event_seq: *last_event_seq,
+                state: &self.states[state.clone()],
+            })
+            .collect();
+        account_log::write(conn, log, &rows)
+    }
 }
 
 /// `accounts.next_due` stays current for the sweeper's index. Only written
@@ -450,9 +475,6 @@ const INSERT_PLAIN_EVENT: &str =
 
 /// The statements [`write_account`] uses, prepared once per batch.
 struct AccountStatements<'c> {
-    append: CachedStatement<'c>,
-    /// Reused to encode each appended state.
-    state: Vec<u8>,
     set_due: CachedStatement<'c>,
     insert: CachedStatement<'c>,
     update_hold: CachedStatement<'c>,
@@ -461,22 +483,19 @@ struct AccountStatements<'c> {
 
 /// Writes an account's new state; `last_event_seq` is the head of its event
 /// chain after this batch's events. A new account is a row in `accounts`;
-/// an existing one's state is appended to the account log.
-fn write_account(
+/// an existing one's state goes to the account log, with the batch's
+/// other rows (`logged`).
+fn write_account<'a>(
     statements: &mut AccountStatements,
-    w: &AccountWrite,
+    logged: &mut LogRows<'a>,
+    w: &'a AccountWrite,
     last_event_seq: Option<i64>,
 ) -> Result<(), StoreError> {
     let s = &w.after;
     let a = &s.account;
     let due = next_due(s);
     if let Some(before) = &w.before {
-        let state = &mut statements.state;
-        state.clear();
-        compact::encode_stored(s, state);
-        statements
-            .append
-            .execute(params![a.id.as_str(), last_event_seq, &state[..]])?;
+        logged.push(s, last_event_seq);
         if next_due(before) != due
             && statements
                 .set_due
@@ -590,8 +609,8 @@ fn append_events(
 
 /// Appends one event outside a ledger batch (credential changes) and moves
 /// the account's chain head to it: in its newest row, in place in
-/// `accounts` or as a copy appended to the account log. The writer's cache
-/// does not see this, so it is cleared after such a write.
+/// `accounts` or as a new row of the account log. The writer's cache does
+/// not see this, so it is cleared after such a write.
 pub fn append_event_and_link(
     conn: &Connection,
     log: &AccountLog,
@@ -599,16 +618,30 @@ pub fn append_event_and_link(
 ) -> Result<i64, StoreError> {
     log.catch_up(conn)?;
     let id = &w.account_id;
-    let prev = newest_head(conn, log, id)?;
+    let mut reads = AccountReads::prepare(conn)?;
+    let newest = newest_row(conn, &mut reads, log, id)?;
+    drop(reads);
+    let prev = newest.as_ref().and_then(|(.., head)| *head);
     let mut heads = Heads::from_iter([(id.clone(), prev)]);
     append_events(conn, std::slice::from_ref(w), &mut heads)?;
     let seq = heads[id].expect("the event just appended");
-    match log.newest(id) {
-        None => {
+    match newest {
+        Some((account, totals, next_grant_seq, grants, _)) if log.newest(id).is_some() => {
+            let state = AccountState {
+                account,
+                totals,
+                grants,
+                holds: Vec::new(),
+                next_grant_seq,
+            };
+            let mut logged = LogRows::default();
+            logged.push(&state, Some(seq));
+            logged.write(conn, log)?;
+        }
+        _ => {
             conn.prepare_cached("UPDATE accounts SET last_event_seq = ?1 WHERE id = ?2")?
                 .execute(params![seq, id.as_str()])?;
         }
-        Some(row) => account_log::append_with_head(conn, row, seq)?,
     }
     Ok(seq)
 }

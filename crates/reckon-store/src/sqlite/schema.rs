@@ -160,6 +160,12 @@ CREATE INDEX idempotency_log_hash ON idempotency_log(key_hash);
     r#"
 ALTER TABLE account_log ADD COLUMN state BLOB;
 "#,
+    // The account log is a ring of slots rewritten in order instead of
+    // appended to with its head deleted (see `account_log.rs`); `written`
+    // orders its rows. Rows written before keep a NULL: theirs is their slot.
+    r#"
+ALTER TABLE account_log ADD COLUMN written INTEGER;
+"#,
 ];
 
 /// Brings the database up to the newest schema; returns how many migrations ran.
