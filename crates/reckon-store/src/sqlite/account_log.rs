@@ -49,7 +49,7 @@
 use crate::error::StoreError;
 use crate::executor::IdMap;
 use reckon_core::AccountId;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::{mpsc, RwLock};
 
 /// Rows the log may hold beyond [`LOG_ROWS_PER_ACCOUNT`] per logged account
@@ -65,14 +65,8 @@ pub const LOG_SLACK_ROWS: i64 = 4_096;
 /// different from two (docs/performance-log.md).
 const LOG_ROWS_PER_ACCOUNT: i64 = 2;
 
-/// Slots read at a time when looking for free ones or catching up.
-const WALK_CHUNK_ROWS: i64 = 256;
-/// Reads [`WALK_CHUNK_ROWS`] slots from `?1` on, below `?2`. The limit is
-/// written in, not bound: SQLite plans a bound LIMIT for its value and
-/// prepares the statement again each time it is bound (10 % of the writer's
-/// time, 2026-12-05).
-const SLOTS: &str = "SELECT seq, id, coalesce(written, seq) FROM account_log
-    WHERE seq >= ?1 AND seq < ?2 ORDER BY seq LIMIT 256";
+/// Reads one slot's id and `written`.
+const SLOT: &str = "SELECT id, coalesce(written, seq) FROM account_log WHERE seq = ?1";
 
 /// Rows one chunk of the start-up scan carries to the thread building the
 /// map: large enough that handing chunks over costs nothing measurable.
@@ -102,6 +96,7 @@ struct State {
     /// The slot after the row with the largest `written`: where the next
     /// row goes (past the end: it is appended, or the ring wraps).
     cursor: i64,
+    ring: Ring,
 }
 
 impl State {
@@ -109,35 +104,123 @@ impl State {
     fn apply(&mut self, slot: i64, id: &str, written: i64) {
         let newest = Newest { slot, written };
         match self.newest.get_mut(id) {
-            Some(n) => *n = newest,
+            Some(n) => {
+                self.ring.set(n.slot, false);
+                *n = newest;
+            }
             None => {
                 self.newest.insert(id.into(), newest);
             }
         }
+        self.ring.set(slot, true);
         self.written = written;
         self.cursor = slot + 1;
     }
+}
 
-    /// Applies a row of the whole log read in slot order, where an
-    /// account's rows need not come in `written` order.
-    fn apply_scanned(&mut self, slot: i64, id: &str, written: i64) {
-        let newest = Newest { slot, written };
-        match self.newest.get_mut(id) {
-            Some(n) if n.written > written => {}
-            Some(n) => *n = newest,
-            None => {
-                self.newest.insert(id.into(), newest);
-            }
+/// Which of the ring's slots hold their account's newest row, one bit a
+/// slot (~250 KiB for a million accounts): the writer and a catch-up find
+/// the next free slot without reading rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Ring {
+    /// The lowest slot: 1 in a log made empty, higher in one whose head the
+    /// writer deleted before schema version 8.
+    first: i64,
+    len: i64,
+    live: Vec<u64>,
+}
+
+impl Default for Ring {
+    fn default() -> Self {
+        Ring {
+            first: 1,
+            len: 0,
+            live: Vec::new(),
         }
-        if written > self.written {
-            self.written = written;
-            self.cursor = slot + 1;
+    }
+}
+
+impl Ring {
+    /// The slot past the last.
+    fn end(&self) -> i64 {
+        self.first + self.len
+    }
+
+    /// Marks `slot` live or free; a slot past the end grows the ring to it.
+    fn set(&mut self, slot: i64, live: bool) {
+        if self.len == 0 && self.live.is_empty() {
+            self.first = slot;
+        }
+        if slot >= self.end() {
+            self.len = slot - self.first + 1;
+            self.live.resize((self.len as usize).div_ceil(64), 0);
+        }
+        let i = (slot - self.first) as usize;
+        let bit = 1u64 << (i % 64);
+        if live {
+            self.live[i / 64] |= bit;
+        } else {
+            self.live[i / 64] &= !bit;
         }
     }
 
-    /// Whether the row at `slot`, of account `id`, is its newest.
-    fn is_newest(&self, slot: i64, id: &str) -> bool {
-        self.newest.get(id).is_some_and(|n| n.slot == slot)
+    /// The first free slot at or after `from` and before `below`.
+    fn next_free(&self, from: i64, below: i64) -> Option<i64> {
+        let start = (from.max(self.first) - self.first) as usize;
+        let end = (below.min(self.end()) - self.first).max(0) as usize;
+        let mut i = start;
+        while i < end {
+            let free = !self.live[i / 64] >> (i % 64);
+            if free != 0 {
+                let slot = i + free.trailing_zeros() as usize;
+                return (slot < end).then_some(self.first + slot as i64);
+            }
+            i = (i / 64 + 1) * 64;
+        }
+        None
+    }
+}
+
+/// What the start-up scan builds, row by row in slot order, where an
+/// account's rows need not come in `written` order.
+#[derive(Default)]
+struct Scanned {
+    state: State,
+    slots: Option<(i64, i64)>,
+}
+
+impl Scanned {
+    fn row(&mut self, slot: i64, id: &str, written: i64) {
+        let state = &mut self.state;
+        let newest = Newest { slot, written };
+        match state.newest.get_mut(id) {
+            Some(n) if n.written > written => {}
+            Some(n) => *n = newest,
+            None => {
+                state.newest.insert(id.into(), newest);
+            }
+        }
+        if written > state.written {
+            state.written = written;
+            state.cursor = slot + 1;
+        }
+        let (first, last) = self.slots.get_or_insert((slot, slot));
+        (*first, *last) = ((*first).min(slot), (*last).max(slot));
+    }
+
+    fn finish(self) -> State {
+        let mut state = self.state;
+        if let Some((first, last)) = self.slots {
+            state.ring = Ring {
+                first,
+                len: last - first + 1,
+                live: vec![0; ((last - first + 1) as usize).div_ceil(64)],
+            };
+            for n in state.newest.values() {
+                state.ring.set(n.slot, true);
+            }
+        }
+        state
     }
 }
 
@@ -193,72 +276,46 @@ impl AccountLog {
     }
 }
 
-/// Reads up to [`WALK_CHUNK_ROWS`] slots from `from` on (below `below`), in
-/// order, passing each slot, id and `written` to `row` until it says stop;
-/// returns how many it read.
-fn slots(
-    conn: &Connection,
-    from: i64,
-    below: i64,
-    mut row: impl FnMut(i64, &str, i64) -> bool,
-) -> Result<i64, StoreError> {
-    let mut stmt = conn.prepare_cached(SLOTS)?;
-    let mut rows = stmt.query(params![from, below])?;
-    let mut read = 0;
-    while let Some(r) = rows.next()? {
-        read += 1;
-        let id = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-        if !row(r.get(0)?, id, r.get(2)?) {
-            break;
-        }
-    }
-    Ok(read)
-}
-
-/// Walks the slots from the cursor, applying the rows written since (see
-/// the module docs). Rows are written in slot order with `written` rising,
-/// so the new ones come first, in order; a row whose `written` is new to
-/// the map but lower than one just applied means the writers came round the
-/// ring past the cursor, and so does reaching the cursor again. Neither can
-/// happen before [`LOG_SLACK_ROWS`] rows were written (a lap writes every
-/// slot free when it began, at least the slack), which is far more than
-/// the map of a running server ever falls behind.
+/// Walks the free slots from the cursor, as the writers filled them,
+/// applying the rows written since (see the module docs). The walk follows
+/// the writer's rule with the map as it goes: the next free slot from the
+/// cursor; at the ring's end, a row appended there, else the free slots
+/// from the ring's start to the cursor, then rows appended. A row whose
+/// `written` is new to the map but lower than one just applied means the
+/// writers came round the ring past the cursor since the map last caught
+/// up; that cannot happen before [`LOG_SLACK_ROWS`] rows were written (a
+/// lap writes every slot free when it began, at least the slack), far more
+/// than the map of a running server ever falls behind.
 fn walk(conn: &Connection, state: &mut State) -> Result<Walk, StoreError> {
     let (start, known) = (state.cursor, state.written);
-    let mut from = start;
-    let mut below = i64::MAX;
+    let mut read = conn.prepare_cached(SLOT)?;
+    let mut pos = start;
+    let mut wrapped = false;
     loop {
-        let mut end = None;
-        let read = slots(conn, from, below, |slot, id, written| {
-            from = slot + 1;
-            if written > state.written {
-                state.apply(slot, id, written);
-                true
-            } else if written > known {
-                end = Some(Walk::Rescan);
-                false
-            } else if state.is_newest(slot, id) {
-                true
-            } else {
-                end = Some(Walk::Done);
-                false
+        let below = if wrapped { start } else { i64::MAX };
+        let (slot, at_end) = match state.ring.next_free(pos, below) {
+            Some(slot) => (slot, false),
+            None => (state.ring.end().max(pos), true),
+        };
+        let row = read
+            .query_row([slot], |r| {
+                Ok((
+                    r.get_ref(0)?
+                        .as_str()
+                        .map_err(rusqlite::Error::from)?
+                        .to_owned(),
+                    r.get::<_, i64>(1)?,
+                ))
+            })
+            .optional()?;
+        match row {
+            Some((id, written)) if written > state.written => {
+                state.apply(slot, &id, written);
+                pos = slot + 1;
             }
-        })?;
-        if let Some(end) = end {
-            return Ok(end);
-        }
-        if read < WALK_CHUNK_ROWS {
-            // The end of the ring; the rest of it is before the start.
-            if below != i64::MAX {
-                // Round to the cursor: nothing was new, or the writers came
-                // round the whole ring.
-                return Ok(if state.written == known {
-                    Walk::Done
-                } else {
-                    Walk::Rescan
-                });
-            }
-            (from, below) = (i64::MIN, start);
+            Some((_, written)) if written > known => return Ok(Walk::Rescan),
+            _ if at_end && !wrapped => (pos, wrapped) = (state.ring.first, true),
+            _ => return Ok(Walk::Done),
         }
     }
 }
@@ -271,15 +328,15 @@ fn scan(conn: &Connection) -> Result<State, StoreError> {
         let builder = std::thread::Builder::new()
             .name("reckon-log-scan".into())
             .spawn_scoped(scope, move || {
-                let mut state = State::default();
+                let mut scanned = Scanned::default();
                 for chunk in received {
                     let mut start = 0;
                     for &(slot, written, end) in &chunk.rows {
-                        state.apply_scanned(slot, &chunk.ids[start..end], written);
+                        scanned.row(slot, &chunk.ids[start..end], written);
                         start = end;
                     }
                 }
-                state
+                scanned.finish()
             })?;
         let read = read_all(conn, |chunk| {
             // The builder only stops when this sender is dropped.
@@ -366,48 +423,55 @@ pub fn write(conn: &Connection, log: &AccountLog, rows: &[NewRow<'_>]) -> Result
         return Ok(());
     }
     let state = log.read();
-    // Slots for `rows`, in order; and each of this batch's accounts' slot,
-    // so a slot holding its previous newest row counts as free.
-    let mut free: Vec<i64> = Vec::with_capacity(rows.len());
-    let mut taken: IdMap<&str, i64> = IdMap::default();
-    let (mut from, mut below) = (state.cursor, i64::MAX);
-    while free.len() < rows.len() {
-        let read = slots(conn, from, below, |slot, id, _| {
-            from = slot + 1;
-            let newest = match taken.get(id) {
-                Some(&mine) => mine == slot,
-                None => state.is_newest(slot, id),
-            };
-            if !newest {
-                let row = &rows[free.len()];
-                taken.insert(row.id, slot);
-                free.push(slot);
+    let ring = &state.ring;
+    let start = state.cursor;
+    // The slots of this batch's accounts' previous rows: free once their
+    // new row is placed, as a catch-up walking these rows will see them.
+    let mut freed: Vec<i64> = Vec::new();
+    let mut slots: Vec<i64> = Vec::with_capacity(rows.len());
+    let (mut pos, mut wrapped, mut appending) = (start, false, false);
+    let mut end = ring.end();
+    for row in rows {
+        let slot = loop {
+            if appending {
+                end += 1;
+                break end - 1;
             }
-            free.len() < rows.len()
-        })?;
-        if free.len() == rows.len() || read == WALK_CHUNK_ROWS {
-            continue;
-        }
-        // The end of the ring: grow it while it is short (and if a whole lap
-        // found too few free slots, which the slack rules out), else wrap.
-        let (first, last): (Option<i64>, Option<i64>) = conn
-            .prepare_cached("SELECT min(seq), max(seq) FROM account_log")?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let (first, last) = (first.unwrap_or(1), last.unwrap_or(0));
-        let logged = state.newest.len()
-            + rows
+            let below = if wrapped { start } else { i64::MAX };
+            let freed_next = freed
                 .iter()
-                .filter(|r| !state.newest.contains_key(r.id))
-                .count();
-        let allowed = logged as i64 * LOG_ROWS_PER_ACCOUNT + LOG_SLACK_ROWS;
-        if last - first + 1 < allowed || below != i64::MAX {
-            free.extend((last + 1..).take(rows.len() - free.len()));
-        } else {
-            (from, below) = (first, state.cursor);
+                .copied()
+                .filter(|&f| f >= pos && f < below)
+                .min();
+            let next = match (ring.next_free(pos, below), freed_next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(slot) = next {
+                break slot;
+            }
+            // The end of the ring: grow it while it is short (or when the
+            // slots before the cursor are all live, which the slack rules
+            // out), else wrap.
+            let logged = state.newest.len()
+                + rows
+                    .iter()
+                    .filter(|r| !state.newest.contains_key(r.id))
+                    .count();
+            if wrapped || ring.len < logged as i64 * LOG_ROWS_PER_ACCOUNT + LOG_SLACK_ROWS {
+                appending = true;
+            } else {
+                (pos, wrapped) = (ring.first, true);
+            }
+        };
+        pos = slot + 1;
+        if let Some(previous) = state.newest.get(row.id) {
+            freed.push(previous.slot);
         }
+        slots.push(slot);
     }
     let mut put = conn.prepare_cached(PUT)?;
-    for ((row, slot), written) in rows.iter().zip(free).zip(state.written + 1..) {
+    for ((row, slot), written) in rows.iter().zip(slots).zip(state.written + 1..) {
         put.execute(params![
             slot,
             row.id,
@@ -511,6 +575,7 @@ mod tests {
             log.catch_up(&conn).unwrap();
             assert_eq!(log.read().newest, scanned.read().newest);
             assert_eq!(log.read().cursor, scanned.read().cursor);
+            assert_eq!(log.read().ring, scanned.read().ring);
         }
     }
 
@@ -598,6 +663,7 @@ mod tests {
         assert_eq!(scanned.cursor, caught_up.cursor);
         assert_eq!(scanned.newest.len(), accounts);
         assert_eq!(scanned.newest, caught_up.newest);
+        assert_eq!(scanned.ring, caught_up.ring);
     }
 
     /// A log with no rows: nothing to hand over, and no thread left waiting.
@@ -608,9 +674,22 @@ mod tests {
         assert!(log.read().newest.is_empty());
     }
 
+    /// Free slots across word boundaries, from a ring that does not start
+    /// at 1, bounded on both sides.
     #[test]
-    fn the_slots_statement_reads_a_chunk() {
-        assert!(SLOTS.ends_with(&format!("LIMIT {WALK_CHUNK_ROWS}")));
+    fn the_next_free_slot() {
+        let mut ring = Ring::default();
+        for slot in 10..300 {
+            ring.set(slot, slot != 75 && slot != 200 && slot != 299);
+        }
+        assert_eq!((ring.first, ring.end()), (10, 300));
+        assert_eq!(ring.next_free(0, i64::MAX), Some(75));
+        assert_eq!(ring.next_free(76, i64::MAX), Some(200));
+        assert_eq!(ring.next_free(76, 200), None);
+        assert_eq!(ring.next_free(201, i64::MAX), Some(299));
+        assert_eq!(ring.next_free(300, i64::MAX), None);
+        ring.set(130, false);
+        assert_eq!(ring.next_free(76, 200), Some(130));
     }
 
     #[test]
