@@ -25,19 +25,21 @@
 //!   current for the sweeper's index; its other columns go stale once an
 //!   account is in the log.
 //! - This module keeps, in memory, each logged account's newest row (its
-//!   slot and `written`), the largest `written` and the slot after its row:
-//!   the cursor, where the next row goes. The ring grows at its end, by
-//!   appending, while it holds fewer than [`LOG_ROWS_PER_ACCOUNT`] rows per
-//!   logged account plus [`LOG_SLACK_ROWS`]; once it holds that many, the
-//!   cursor wraps to the first slot.
-//! - Rows are written in slot order, so rows past the cursor with a larger
-//!   `written` than the map's are exactly the rows written since, in order,
-//!   up to the first slot that is neither new nor still its account's
-//!   newest. [`AccountLog::catch_up`] walks them, so any connection brings
-//!   the map up to date with whatever it can see, including rows another
-//!   process (the CLI) wrote. The writer does so inside its write
-//!   transaction before reading or writing any account, so it never works
-//!   from a stale map; readers do so at the start of each read.
+//!   slot and `written`), a bitmap of the slots holding some account's
+//!   newest row (live; the others are free), the largest `written` and the
+//!   slot after its row: the cursor, where the next row goes. A row goes
+//!   into the next free slot from the cursor; at the ring's end it is
+//!   appended while the ring holds fewer than [`LOG_ROWS_PER_ACCOUNT`]
+//!   rows per logged account plus [`LOG_SLACK_ROWS`], and once it holds
+//!   that many, into the free slots from the ring's start up to the cursor.
+//! - So the rows written since the map was last caught up are found by
+//!   following that rule with the map, applying each row as it is found:
+//!   the next free slot holds the next new row, or no new row at all.
+//!   [`AccountLog::catch_up`] walks them, so any connection brings the map
+//!   up to date with whatever it can see, including rows another process
+//!   (the CLI) wrote. The writer does so inside its write transaction
+//!   before reading or writing any account, so it never works from a stale
+//!   map; readers do so at the start of each read.
 //! - A reader may find the slot the map names overwritten by then (its
 //!   account had a newer row, and the writer has moved on); it catches up
 //!   and looks again (`rows::newest_row`).
@@ -50,6 +52,7 @@ use crate::error::StoreError;
 use crate::executor::IdMap;
 use reckon_core::AccountId;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeSet;
 use std::sync::{mpsc, RwLock};
 
 /// Rows the log may hold beyond [`LOG_ROWS_PER_ACCOUNT`] per logged account
@@ -62,7 +65,8 @@ pub const LOG_SLACK_ROWS: i64 = 4_096;
 /// reaches is still its account's newest with probability p where
 /// p = e^(-2(1-p)), about 20 %; it is skipped. A longer ring skips fewer
 /// but takes longer to scan at start; three rows per account measured no
-/// different from two (docs/performance-log.md).
+/// different from two when the log still deleted its head
+/// (docs/performance-log.md).
 const LOG_ROWS_PER_ACCOUNT: i64 = 2;
 
 /// Reads one slot's id and `written`.
@@ -234,7 +238,7 @@ struct ScanChunk {
 
 /// What a walk from the cursor found.
 enum Walk {
-    /// Caught up: the first slot neither new nor still its account's newest.
+    /// Caught up: the slot the writer's rule names holds no new row.
     Done,
     /// The map fell so far behind that the walk cannot tell the rows written
     /// since from older ones (the ring may have come round); scan it whole.
@@ -261,7 +265,9 @@ impl AccountLog {
     /// there are none.
     pub fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
         let mut state = self.state.write().expect("account log lock");
-        if let Walk::Rescan = walk(conn, &mut state)? {
+        // A map that has seen no row has no cursor to walk from (a log
+        // whose head was deleted before schema version 8 starts past 1).
+        if state.written == 0 || matches!(walk(conn, &mut state)?, Walk::Rescan) {
             let scanned = scan(conn)?;
             // Never back: a snapshot older than the map's cannot have led here.
             if scanned.written >= state.written {
@@ -276,26 +282,25 @@ impl AccountLog {
     }
 }
 
-/// Walks the free slots from the cursor, as the writers filled them,
-/// applying the rows written since (see the module docs). The walk follows
-/// the writer's rule with the map as it goes: the next free slot from the
+/// Walks the free slots from the cursor as the writers filled them,
+/// applying the rows written since (see the module docs). It follows the
+/// writer's rule with the map as it goes: the next free slot from the
 /// cursor; at the ring's end, a row appended there, else the free slots
-/// from the ring's start to the cursor, then rows appended. A row whose
-/// `written` is new to the map but lower than one just applied means the
-/// writers came round the ring past the cursor since the map last caught
-/// up; that cannot happen before [`LOG_SLACK_ROWS`] rows were written (a
-/// lap writes every slot free when it began, at least the slack), far more
-/// than the map of a running server ever falls behind.
+/// from the ring's start. Every row's `written` is one more than the row
+/// before it, so the slot the rule names holds the next row, or an older
+/// one (the writers stopped), or a newer one: a later row went into the
+/// same slot, so the writers came round the ring since the map last
+/// caught up (a lap writes at least [`LOG_SLACK_ROWS`] rows, far more than
+/// the map of a running server falls behind), and only a whole scan can
+/// tell the rows apart.
 fn walk(conn: &Connection, state: &mut State) -> Result<Walk, StoreError> {
-    let (start, known) = (state.cursor, state.written);
     let mut read = conn.prepare_cached(SLOT)?;
-    let mut pos = start;
-    let mut wrapped = false;
+    let mut pos = state.cursor;
     loop {
-        let below = if wrapped { start } else { i64::MAX };
-        let (slot, at_end) = match state.ring.next_free(pos, below) {
+        let end = state.ring.end();
+        let (slot, at_end) = match state.ring.next_free(pos, end) {
             Some(slot) => (slot, false),
-            None => (state.ring.end().max(pos), true),
+            None => (end, true),
         };
         let row = read
             .query_row([slot], |r| {
@@ -308,13 +313,16 @@ fn walk(conn: &Connection, state: &mut State) -> Result<Walk, StoreError> {
                 ))
             })
             .optional()?;
+        let next = state.written + 1;
         match row {
-            Some((id, written)) if written > state.written => {
+            Some((id, written)) if written == next => {
                 state.apply(slot, &id, written);
                 pos = slot + 1;
             }
-            Some((_, written)) if written > known => return Ok(Walk::Rescan),
-            _ if at_end && !wrapped => (pos, wrapped) = (state.ring.first, true),
+            // Past the end, a newer row may be one appended after the
+            // writer came round to the ring's start.
+            _ if at_end && pos != state.ring.first => pos = state.ring.first,
+            Some((_, written)) if written > next => return Ok(Walk::Rescan),
             _ => return Ok(Walk::Done),
         }
     }
@@ -413,23 +421,33 @@ pub struct NewRow<'a> {
 }
 
 /// Writes `rows` (at most one per account) into the ring inside the
-/// writer's transaction, from the cursor on: each into the next slot whose
-/// row is no longer its account's newest, or appended past the end while
-/// the ring is short (see the module docs). The map must be caught up (the
-/// writer's transaction starts with it); it learns of these rows when it
-/// next catches up, once they are committed.
+/// writer's transaction, at most once a transaction: each into the next
+/// free slot from the cursor; at the ring's end, appended while the ring
+/// is short, else into the free slots from its start (see the module
+/// docs). The map must be caught up (the writer's transaction starts with
+/// it); it learns of these rows when it next catches up, once they are
+/// committed, by following the same rule.
 pub fn write(conn: &Connection, log: &AccountLog, rows: &[NewRow<'_>]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
+    debug_assert_eq!(
+        rows.iter()
+            .map(|r| r.id)
+            .collect::<crate::executor::IdSet<_>>()
+            .len(),
+        rows.len(),
+        "one row an account"
+    );
     let state = log.read();
     let ring = &state.ring;
-    let start = state.cursor;
-    // The slots of this batch's accounts' previous rows: free once their
-    // new row is placed, as a catch-up walking these rows will see them.
-    let mut freed: Vec<i64> = Vec::new();
+    // The map as a catch-up will have it when it reaches each row: the
+    // slots this batch took are live, and its accounts' previous slots
+    // are free.
+    let mut taken: BTreeSet<i64> = BTreeSet::new();
+    let mut freed: BTreeSet<i64> = BTreeSet::new();
     let mut slots: Vec<i64> = Vec::with_capacity(rows.len());
-    let (mut pos, mut wrapped, mut appending) = (start, false, false);
+    let (mut pos, mut wrapped, mut appending) = (state.cursor, false, false);
     let mut end = ring.end();
     for row in rows {
         let slot = loop {
@@ -437,22 +455,22 @@ pub fn write(conn: &Connection, log: &AccountLog, rows: &[NewRow<'_>]) -> Result
                 end += 1;
                 break end - 1;
             }
-            let below = if wrapped { start } else { i64::MAX };
-            let freed_next = freed
-                .iter()
-                .copied()
-                .filter(|&f| f >= pos && f < below)
-                .min();
-            let next = match (ring.next_free(pos, below), freed_next) {
+            let mut from = pos;
+            let in_ring = loop {
+                match ring.next_free(from, ring.end()) {
+                    Some(slot) if taken.contains(&slot) => from = slot + 1,
+                    other => break other,
+                }
+            };
+            let next = match (in_ring, freed.range(pos..).next().copied()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
             if let Some(slot) = next {
                 break slot;
             }
-            // The end of the ring: grow it while it is short (or when the
-            // slots before the cursor are all live, which the slack rules
-            // out), else wrap.
+            // The end of the ring: grow it while it is short (or when no
+            // slot is free, which the slack rules out), else wrap.
             let logged = state.newest.len()
                 + rows
                     .iter()
@@ -465,8 +483,10 @@ pub fn write(conn: &Connection, log: &AccountLog, rows: &[NewRow<'_>]) -> Result
             }
         };
         pos = slot + 1;
+        taken.insert(slot);
+        freed.remove(&slot);
         if let Some(previous) = state.newest.get(row.id) {
-            freed.push(previous.slot);
+            freed.insert(previous.slot);
         }
         slots.push(slot);
     }
@@ -577,6 +597,51 @@ mod tests {
             assert_eq!(log.read().cursor, scanned.read().cursor);
             assert_eq!(log.read().ring, scanned.read().ring);
         }
+    }
+
+    /// Several maps (processes) write in turn, each catching up first, a
+    /// random number of rows a batch over accounts of skewed popularity,
+    /// so free slots stay behind the cursor and the ring comes round many
+    /// times between two catch-ups of a bystander: every map, however far
+    /// behind, catches up to what a scan of the log builds.
+    #[test]
+    fn maps_far_behind_catch_up_to_the_scan() {
+        let conn = log_db();
+        let maps: Vec<AccountLog> = (0..3).map(|_| AccountLog::default()).collect();
+        let ids: Vec<String> = (0..300).map(|i| format!("acct-{i}")).collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for n in 0..3_000u32 {
+            let writer = &maps[next(2) as usize];
+            let mut batch = BTreeSet::new();
+            for _ in 0..1 + next(40) {
+                // Squaring skews toward low ids: some accounts hot, most cold.
+                let r = next(300);
+                batch.insert(ids[(r * r / 300) as usize].as_str());
+            }
+            let batch: Vec<&str> = batch.into_iter().collect();
+            put(&conn, writer, &batch, n);
+            if next(200) == 0 {
+                maps[2].catch_up(&conn).unwrap();
+            }
+        }
+        let scanned = AccountLog::open(&conn).unwrap();
+        for log in &maps {
+            log.catch_up(&conn).unwrap();
+            let (log, scanned) = (log.read(), scanned.read());
+            assert_eq!(log.newest, scanned.newest);
+            assert_eq!((log.written, log.cursor), (scanned.written, scanned.cursor));
+            assert_eq!(log.ring, scanned.ring);
+        }
+        assert!(
+            rows(&conn) < 2 * 300 + LOG_SLACK_ROWS + 40,
+            "the ring stayed short"
+        );
     }
 
     /// A map that fell more than a lap behind (a process idle while others
