@@ -277,6 +277,17 @@ impl AccountLog {
         Ok(())
     }
 
+    /// Applies the rows [`write`] placed, once they are committed: what a
+    /// catch-up would read back (a reader's may have already).
+    pub fn learn(&self, placed: Placed<'_>) {
+        let mut state = self.state.write().expect("account log lock");
+        for ((id, slot), written) in placed.rows.into_iter().zip(placed.written..) {
+            if written == state.written + 1 {
+                state.apply(slot, id, written);
+            }
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().expect("account log lock")
     }
@@ -412,12 +423,21 @@ pub const PUT: &str = "INSERT OR REPLACE INTO account_log
     (seq, id, unit, status, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq, state, written)
     VALUES (?1, ?2, '', '', '', '', 0, 0, 0, 0, 0, 0, '', ?3, ?4, ?5)";
 
+/// The slots [`write`] gave its rows, for [`AccountLog::learn`] once they
+/// are committed.
+#[must_use = "the map learns of these rows by `AccountLog::learn`, or by reading them back"]
+pub struct Placed<'a> {
+    rows: Vec<(&'a str, i64)>,
+    /// The `written` of the first row; the others follow one by one.
+    written: i64,
+}
+
 /// An account's new row: its id, the seq of its newest event and its state
 /// as `compact::encode_stored` wrote it.
-pub struct NewRow<'a> {
+pub struct NewRow<'a, 's> {
     pub id: &'a str,
     pub last_event_seq: Option<i64>,
-    pub state: &'a [u8],
+    pub state: &'s [u8],
 }
 
 /// Writes `rows` (at most one per account) into the ring inside the
@@ -427,10 +447,11 @@ pub struct NewRow<'a> {
 /// docs). The map must be caught up (the writer's transaction starts with
 /// it); it learns of these rows when it next catches up, once they are
 /// committed, by following the same rule.
-pub fn write(conn: &Connection, log: &AccountLog, rows: &[NewRow<'_>]) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
+pub fn write<'a>(
+    conn: &Connection,
+    log: &AccountLog,
+    rows: &[NewRow<'a, '_>],
+) -> Result<Placed<'a>, StoreError> {
     debug_assert_eq!(
         rows.iter()
             .map(|r| r.id)
@@ -491,7 +512,7 @@ pub fn write(conn: &Connection, log: &AccountLog, rows: &[NewRow<'_>]) -> Result
         slots.push(slot);
     }
     let mut put = conn.prepare_cached(PUT)?;
-    for ((row, slot), written) in rows.iter().zip(slots).zip(state.written + 1..) {
+    for ((row, &slot), written) in rows.iter().zip(&slots).zip(state.written + 1..) {
         put.execute(params![
             slot,
             row.id,
@@ -500,7 +521,10 @@ pub fn write(conn: &Connection, log: &AccountLog, rows: &[NewRow<'_>]) -> Result
             written
         ])?;
     }
-    Ok(())
+    Ok(Placed {
+        rows: rows.iter().map(|r| r.id).zip(slots).collect(),
+        written: state.written + 1,
+    })
 }
 
 #[cfg(test)]
@@ -515,7 +539,8 @@ mod tests {
 
     /// Writes one row per id, as the writer does in one transaction, its
     /// state the bytes of `n` (what tells rows apart here), after catching
-    /// up as the writer's transaction starts.
+    /// up as the writer's transaction starts, and learns them as the
+    /// writer does after its commit. Other maps walk to them.
     fn put(conn: &Connection, log: &AccountLog, ids: &[&str], n: u32) {
         log.catch_up(conn).unwrap();
         let state = n.to_le_bytes();
@@ -527,7 +552,8 @@ mod tests {
                 state: &state,
             })
             .collect();
-        write(conn, log, &rows).unwrap();
+        let placed = write(conn, log, &rows).unwrap();
+        log.learn(placed);
     }
 
     /// The `n` of `id`'s newest row, as the map finds it after catching up.

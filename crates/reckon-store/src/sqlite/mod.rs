@@ -546,8 +546,11 @@ fn run_batch(
         // (dropping the transaction rolls it back).
         drop(tx);
     } else {
-        rows::write_batch(&tx, log, writes, &mut heads)?;
+        let placed = rows::write_batch(&tx, log, writes, &mut heads)?;
         tx.commit()?;
+        // The map learns the batch's log rows from it, not by reading them
+        // back at the next batch's catch-up.
+        log.learn(placed);
     }
     owners.learn(&out.writes);
     // Committed (or unchanged): the cache may keep it.

@@ -392,12 +392,12 @@ pub fn prefetch(
 /// per batch: `prepare_cached` hashes the SQL text on each call, and per row
 /// that was about 8 % of the writer's samples in a 1,000-operation batch.
 #[inline(never)] // as `prefetch`
-pub fn write_batch(
+pub fn write_batch<'w>(
     conn: &Connection,
     log: &AccountLog,
-    writes: &Writes,
+    writes: &'w Writes,
     heads: &mut Heads,
-) -> Result<(), StoreError> {
+) -> Result<account_log::Placed<'w>, StoreError> {
     append_events(conn, &writes.events, heads)?;
     let mut statements = AccountStatements {
         set_due: conn.prepare_cached(SET_DUE)?,
@@ -436,7 +436,11 @@ impl<'a> LogRows<'a> {
             .push((s.account.id.as_str(), last_event_seq, start..end));
     }
 
-    fn write(&self, conn: &Connection, log: &AccountLog) -> Result<(), StoreError> {
+    fn write(
+        &self,
+        conn: &Connection,
+        log: &AccountLog,
+    ) -> Result<account_log::Placed<'a>, StoreError> {
         let rows: Vec<account_log::NewRow> = self
             .rows
             .iter()
@@ -636,7 +640,8 @@ pub fn append_event_and_link(
             };
             let mut logged = LogRows::default();
             logged.push(&state, Some(seq));
-            logged.write(conn, log)?;
+            // Not committed yet: the next catch-up reads it back.
+            let _ = logged.write(conn, log)?;
         }
         _ => {
             conn.prepare_cached("UPDATE accounts SET last_event_seq = ?1 WHERE id = ?2")?
