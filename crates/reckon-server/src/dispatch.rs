@@ -5,12 +5,14 @@
 //! lookup, a map of URL parameters put into the request's extensions (two
 //! allocations and a hash insert), and a boxed route service cloned and
 //! driven through two more futures. So `POST` to the hot paths (`usage`,
-//! `check`, a hold's lock, settle and release, `/v1/batch`) is recognised
-//! here by its literal shape and its handler called directly. Everything
+//! `check`, a hold's lock, settle and release, `/v1/batch`, and the
+//! nilauth-credit locks and unlocks) is recognised here by its literal
+//! shape and its handler called directly. Everything
 //! else, including any other method on the same paths, goes to the router,
 //! which registers the same handlers: a hot handler reads its id from the
 //! URI (`wire::PathId`), so it answers the same whichever matched it.
 
+use crate::compat::nilauth;
 use crate::native::{batch, holds, usage};
 use crate::AppState;
 use axum::extract::Request;
@@ -49,6 +51,10 @@ enum Hot {
     Settle,
     Release,
     Batch,
+    NilLockPrivate,
+    NilLockPublic,
+    NilFundsLock,
+    NilUnlock,
 }
 
 /// `None` for every path the router should see; a path is hot only if the
@@ -58,6 +64,10 @@ fn hot_route(path: &str) -> Option<Hot> {
     match path {
         "/v1/holds" => return Some(Hot::Lock),
         "/v1/batch" => return Some(Hot::Batch),
+        "/v1/balance/lock/private" => return Some(Hot::NilLockPrivate),
+        "/v1/balance/lock/public" => return Some(Hot::NilLockPublic),
+        "/v1/funds/lock" => return Some(Hot::NilFundsLock),
+        "/v1/balance/unlock" | "/v1/funds/unlock" => return Some(Hot::NilUnlock),
         _ => {}
     }
     let (accounts, rest) = if let Some(rest) = path.strip_prefix("/v1/accounts/") {
@@ -105,6 +115,10 @@ impl tower::Service<Request> for Dispatch {
             Hot::Settle => Handler::call(holds::settle, request, state),
             Hot::Release => Handler::call(holds::release, request, state),
             Hot::Batch => Handler::call(batch::batch, request, state),
+            Hot::NilLockPrivate => Handler::call(nilauth::lock_private, request, state),
+            Hot::NilLockPublic => Handler::call(nilauth::lock_public, request, state),
+            Hot::NilFundsLock => Handler::call(nilauth::funds_lock, request, state),
+            Hot::NilUnlock => Handler::call(nilauth::unlock, request, state),
         };
         DispatchFuture::Hot { future }
     }
@@ -143,6 +157,17 @@ mod tests {
         assert_eq!(hot_route("/v1/holds/h/release"), Some(Hot::Release));
         assert_eq!(hot_route("/v1/batch"), Some(Hot::Batch));
         assert_eq!(hot_route("/v1/accounts//usage"), Some(Hot::Usage));
+        assert_eq!(
+            hot_route("/v1/balance/lock/private"),
+            Some(Hot::NilLockPrivate)
+        );
+        assert_eq!(
+            hot_route("/v1/balance/lock/public"),
+            Some(Hot::NilLockPublic)
+        );
+        assert_eq!(hot_route("/v1/funds/lock"), Some(Hot::NilFundsLock));
+        assert_eq!(hot_route("/v1/balance/unlock"), Some(Hot::NilUnlock));
+        assert_eq!(hot_route("/v1/funds/unlock"), Some(Hot::NilUnlock));
         for cold in [
             "/v1/accounts/a/usage/",
             "/v1/accounts/a/b/usage",
@@ -154,6 +179,9 @@ mod tests {
             "/v1/accounts/a",
             "/v1/accounts/a/grants",
             "/healthz",
+            "/v1/balance/lock/other",
+            "/v1/balance/lock/public/",
+            "/v1/credential/validate",
         ] {
             assert_eq!(hot_route(cold), None, "{cold}");
         }

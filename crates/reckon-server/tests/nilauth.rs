@@ -166,6 +166,17 @@ async fn lock_errors_use_the_protocol_statuses() {
         .await
         .unwrap();
     assert_eq!(error_text(r).await, (404, "user not found".into()));
+    let r = lock(
+        "/v1/balance/lock/other",
+        json!({"credential": SECRET, "amount": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        error_text(r).await,
+        (404, "no such lock endpoint".into()),
+        "only the two kinds lock"
+    );
     let r = app
         .http
         .post(app.url("/v1/balance/lock/private"))

@@ -30,7 +30,7 @@ use crate::native::holds::{hold_owner, ttl_secs};
 use crate::wire::IdempotencyHeader;
 use crate::wire::Json;
 use crate::AppState;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -50,7 +50,9 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/summary", get(summary))
-        .route("/v1/balance/lock/{kind}", post(lock_by_credential))
+        .route("/v1/balance/lock/private", post(lock_private))
+        .route("/v1/balance/lock/public", post(lock_public))
+        .route("/v1/balance/lock/{kind}", post(no_such_lock))
         .route("/v1/balance/unlock", post(unlock))
         .route("/v1/funds/lock", post(funds_lock))
         .route("/v1/funds/unlock", post(unlock))
@@ -153,42 +155,60 @@ async fn summary(
 }
 
 #[derive(Deserialize)]
-struct LockBody {
+pub(crate) struct LockBody {
     credential: String,
     amount: Value,
 }
 
 #[derive(Deserialize)]
-struct FundsLockBody {
+pub(crate) struct FundsLockBody {
     user_id: String,
     amount: Value,
 }
 
-/// `/v1/balance/lock/private` (secret keys) or `/v1/balance/lock/public`
-/// (public identifiers).
-async fn lock_by_credential(
+/// `/v1/balance/lock/private`: a lock by a secret key. Each kind is its own
+/// literal route so `dispatch.rs` can call it without axum's router.
+pub(crate) async fn lock_private(
     auth: Result<ServiceAuth, ApiError>,
     State(state): State<AppState>,
-    Path(kind): Path<String>,
     idempotency: IdempotencyHeader,
     NilJson(body): NilJson<LockBody>,
 ) -> NilResult<Json<Value>> {
-    authorised(auth)?;
-    let public = match kind.as_str() {
-        "private" => false,
-        "public" => true,
-        _ => {
-            return Err(NilError::new(
-                StatusCode::NOT_FOUND,
-                "no such lock endpoint",
-            ))
-        }
-    };
-    let account = account_of_credential(&state, &body.credential, public).await?;
-    lock(&state, account, &body.amount, &idempotency).await
+    lock_by_credential(auth, &state, false, &idempotency, body).await
 }
 
-async fn funds_lock(
+/// `/v1/balance/lock/public`: a lock by a public identifier.
+pub(crate) async fn lock_public(
+    auth: Result<ServiceAuth, ApiError>,
+    State(state): State<AppState>,
+    idempotency: IdempotencyHeader,
+    NilJson(body): NilJson<LockBody>,
+) -> NilResult<Json<Value>> {
+    lock_by_credential(auth, &state, true, &idempotency, body).await
+}
+
+/// Any other `/v1/balance/lock/{kind}`.
+async fn no_such_lock(auth: Result<ServiceAuth, ApiError>) -> NilResult<Json<Value>> {
+    authorised(auth)?;
+    Err(NilError::new(
+        StatusCode::NOT_FOUND,
+        "no such lock endpoint",
+    ))
+}
+
+async fn lock_by_credential(
+    auth: Result<ServiceAuth, ApiError>,
+    state: &AppState,
+    public: bool,
+    idempotency: &IdempotencyHeader,
+    body: LockBody,
+) -> NilResult<Json<Value>> {
+    authorised(auth)?;
+    let account = account_of_credential(state, &body.credential, public).await?;
+    lock(state, account, &body.amount, idempotency).await
+}
+
+pub(crate) async fn funds_lock(
     auth: Result<ServiceAuth, ApiError>,
     State(state): State<AppState>,
     idempotency: IdempotencyHeader,
@@ -269,12 +289,12 @@ fn lock_error(e: ExecError) -> NilError {
 }
 
 #[derive(Deserialize)]
-struct UnlockBody {
+pub(crate) struct UnlockBody {
     lock_id: String,
     real_cost: Value,
 }
 
-async fn unlock(
+pub(crate) async fn unlock(
     auth: Result<ServiceAuth, ApiError>,
     State(state): State<AppState>,
     NilJson(body): NilJson<UnlockBody>,
