@@ -31,15 +31,18 @@
 //!   into the next free slot from the cursor; at the ring's end it is
 //!   appended while the ring holds fewer than [`LOG_ROWS_PER_ACCOUNT`]
 //!   rows per logged account plus [`LOG_SLACK_ROWS`], and once it holds
-//!   that many, into the free slots from the ring's start up to the cursor.
+//!   that many, into the free slots from the ring's start on. The rule is
+//!   the same for every batch and every process.
 //! - So the rows written since the map was last caught up are found by
 //!   following that rule with the map, applying each row as it is found:
-//!   the next free slot holds the next new row, or no new row at all.
+//!   the slot the rule names holds the next row (its `written` one more
+//!   than the map's), or no new row at all.
 //!   [`AccountLog::catch_up`] walks them, so any connection brings the map
 //!   up to date with whatever it can see, including rows another process
 //!   (the CLI) wrote. The writer does so inside its write transaction
 //!   before reading or writing any account, so it never works from a stale
-//!   map; readers do so at the start of each read.
+//!   map, and after its commit tells the map where its own rows went
+//!   ([`AccountLog::learn`]); readers catch up at the start of each read.
 //! - A reader may find the slot the map names overwritten by then (its
 //!   account had a newer row, and the writer has moved on); it catches up
 //!   and looks again (`rows::newest_row`).
@@ -57,8 +60,9 @@ use std::sync::{mpsc, RwLock};
 
 /// Rows the log may hold beyond [`LOG_ROWS_PER_ACCOUNT`] per logged account
 /// before its cursor wraps. Keeps a small log (a few hot accounts) from
-/// wrapping within a batch, and bounds how far a map can fall behind and
-/// still be caught up by a walk (see [`AccountLog::catch_up`]).
+/// wrapping within a batch; and a lap of the ring writes at least this
+/// many rows, so a map that fell fewer behind is always caught up by a
+/// walk, without scanning the log (see [`AccountLog::catch_up`]).
 pub const LOG_SLACK_ROWS: i64 = 4_096;
 /// The ring wraps once it holds this many rows per logged account, plus the
 /// slack. With changes spread evenly over accounts, a slot the cursor
@@ -168,10 +172,10 @@ impl Ring {
         }
     }
 
-    /// The first free slot at or after `from` and before `below`.
-    fn next_free(&self, from: i64, below: i64) -> Option<i64> {
+    /// The first free slot at or after `from`, before the ring's end.
+    fn next_free(&self, from: i64) -> Option<i64> {
         let start = (from.max(self.first) - self.first) as usize;
-        let end = (below.min(self.end()) - self.first).max(0) as usize;
+        let end = self.len as usize;
         let mut i = start;
         while i < end {
             let free = !self.live[i / 64] >> (i % 64);
@@ -309,7 +313,7 @@ fn walk(conn: &Connection, state: &mut State) -> Result<Walk, StoreError> {
     let mut pos = state.cursor;
     loop {
         let end = state.ring.end();
-        let (slot, at_end) = match state.ring.next_free(pos, end) {
+        let (slot, at_end) = match state.ring.next_free(pos) {
             Some(slot) => (slot, false),
             None => (end, true),
         };
@@ -478,7 +482,7 @@ pub fn write<'a>(
             }
             let mut from = pos;
             let in_ring = loop {
-                match ring.next_free(from, ring.end()) {
+                match ring.next_free(from) {
                     Some(slot) if taken.contains(&slot) => from = slot + 1,
                     other => break other,
                 }
@@ -766,7 +770,7 @@ mod tests {
     }
 
     /// Free slots across word boundaries, from a ring that does not start
-    /// at 1, bounded on both sides.
+    /// at 1, and none past its end.
     #[test]
     fn the_next_free_slot() {
         let mut ring = Ring::default();
@@ -774,13 +778,12 @@ mod tests {
             ring.set(slot, slot != 75 && slot != 200 && slot != 299);
         }
         assert_eq!((ring.first, ring.end()), (10, 300));
-        assert_eq!(ring.next_free(0, i64::MAX), Some(75));
-        assert_eq!(ring.next_free(76, i64::MAX), Some(200));
-        assert_eq!(ring.next_free(76, 200), None);
-        assert_eq!(ring.next_free(201, i64::MAX), Some(299));
-        assert_eq!(ring.next_free(300, i64::MAX), None);
+        assert_eq!(ring.next_free(0), Some(75));
+        assert_eq!(ring.next_free(76), Some(200));
+        assert_eq!(ring.next_free(201), Some(299));
+        assert_eq!(ring.next_free(300), None);
         ring.set(130, false);
-        assert_eq!(ring.next_free(76, 200), Some(130));
+        assert_eq!(ring.next_free(76), Some(130));
     }
 
     #[test]
