@@ -311,14 +311,7 @@ mod tests {
         };
         let store = SqliteStore::open(&path, clock.clone()).unwrap();
         for command in [
-            Command::CreateAccount(CreateAccount {
-                id: a.clone(),
-                unit: Unit::parse("credits").unwrap(),
-                expires_at: None,
-                timezone: None,
-                metadata: "{}".into(),
-                overage: OveragePolicy::Reject,
-            }),
+            super::super::tests::credits_account(a.clone()),
             Command::Grant(GrantCmd {
                 account: a.clone(),
                 grant_id: "g-1".into(),

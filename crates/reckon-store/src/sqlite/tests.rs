@@ -35,6 +35,19 @@ fn id(n: u64) -> AccountId {
     AccountId::parse(&format!("acct-{n}")).unwrap()
 }
 
+/// A new account counting credits, with the defaults (tests elsewhere in
+/// `sqlite` use it too).
+pub(super) fn credits_account(id: AccountId) -> Command {
+    Command::CreateAccount(CreateAccount {
+        id,
+        unit: Unit::parse("credits").unwrap(),
+        expires_at: None,
+        timezone: None,
+        metadata: "{}".into(),
+        overage: OveragePolicy::Reject,
+    })
+}
+
 /// Micros, sometimes whole units (the compact tier writes those apart).
 fn amount(rng: &mut Rng, units_max: u64) -> Amount {
     let micros = if rng.below(2) == 0 {
@@ -375,14 +388,7 @@ async fn reads_racing_the_ring_never_fail_or_go_back() {
     let setup = (0..N)
         .flat_map(|n| {
             [
-                Command::CreateAccount(CreateAccount {
-                    id: id(n),
-                    unit: Unit::parse("credits").unwrap(),
-                    expires_at: None,
-                    timezone: None,
-                    metadata: "{}".into(),
-                    overage: OveragePolicy::Reject,
-                }),
+                credits_account(id(n)),
                 Command::Grant(GrantCmd {
                     account: id(n),
                     grant_id: format!("g-{n}"),
