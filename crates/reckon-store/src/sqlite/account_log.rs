@@ -88,16 +88,12 @@ pub struct AccountLog {
     state: RwLock<State>,
 }
 
-/// A logged account's newest row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Newest {
-    pub slot: i64,
-    pub written: i64,
-}
-
 #[derive(Default)]
 struct State {
-    newest: IdMap<Box<str>, Newest>,
+    /// Each logged account's newest row, by slot. Its `written` is not kept:
+    /// at a million accounts 8 bytes more an entry cost ~17 MB (the table has
+    /// 2^21 buckets), and only the start-up scan needs it.
+    newest: IdMap<Box<str>, i64>,
     /// Every row with a smaller or equal `written` has been applied to
     /// `newest`.
     written: i64,
@@ -110,14 +106,13 @@ struct State {
 impl State {
     /// Applies a row written after every row applied so far.
     fn apply(&mut self, slot: i64, id: &str, written: i64) {
-        let newest = Newest { slot, written };
         match self.newest.get_mut(id) {
-            Some(n) => {
-                self.ring.set(n.slot, false);
-                *n = newest;
+            Some(newest) => {
+                self.ring.set(*newest, false);
+                *newest = slot;
             }
             None => {
-                self.newest.insert(id.into(), newest);
+                self.newest.insert(id.into(), slot);
             }
         }
         self.ring.set(slot, true);
@@ -190,42 +185,51 @@ impl Ring {
 }
 
 /// What the start-up scan builds, row by row in slot order, where an
-/// account's rows need not come in `written` order.
+/// account's rows need not come in `written` order: each slot's `written`
+/// is kept while the scan lasts (8 bytes a row), to tell which of an
+/// account's rows is its newest.
 #[derive(Default)]
 struct Scanned {
     state: State,
-    slots: Option<(i64, i64)>,
+    /// The first slot, and the `written` of every slot from it on (0 for a
+    /// slot with no row).
+    first: i64,
+    written: Vec<i64>,
 }
 
 impl Scanned {
     fn row(&mut self, slot: i64, id: &str, written: i64) {
+        if self.written.is_empty() {
+            self.first = slot;
+        }
+        let offset = (slot - self.first) as usize;
+        self.written.resize(offset, 0);
+        self.written.push(written);
         let state = &mut self.state;
-        let newest = Newest { slot, written };
         match state.newest.get_mut(id) {
-            Some(n) if n.written > written => {}
-            Some(n) => *n = newest,
+            Some(newest) if self.written[(*newest - self.first) as usize] > written => {}
+            Some(newest) => *newest = slot,
             None => {
-                state.newest.insert(id.into(), newest);
+                state.newest.insert(id.into(), slot);
             }
         }
         if written > state.written {
             state.written = written;
             state.cursor = slot + 1;
         }
-        let (first, last) = self.slots.get_or_insert((slot, slot));
-        (*first, *last) = ((*first).min(slot), (*last).max(slot));
     }
 
     fn finish(self) -> State {
         let mut state = self.state;
-        if let Some((first, last)) = self.slots {
+        if !self.written.is_empty() {
+            let len = self.written.len();
             state.ring = Ring {
-                first,
-                len: last - first + 1,
-                live: vec![0; ((last - first + 1) as usize).div_ceil(64)],
+                first: self.first,
+                len: len as i64,
+                live: vec![0; len.div_ceil(64)],
             };
-            for n in state.newest.values() {
-                state.ring.set(n.slot, true);
+            for &slot in state.newest.values() {
+                state.ring.set(slot, true);
             }
         }
         state
@@ -260,7 +264,7 @@ impl AccountLog {
     }
 
     /// The newest row of `id`, if the account has one in the log.
-    pub fn newest(&self, id: &AccountId) -> Option<Newest> {
+    pub fn newest(&self, id: &AccountId) -> Option<i64> {
         self.read().newest.get(id.as_str()).copied()
     }
 
@@ -408,13 +412,10 @@ macro_rules! log_columns {
 pub(crate) use log_columns;
 /// How many columns `log_columns!` names.
 pub const LOG_COLUMN_COUNT: usize = 15;
-/// A log row's columns as read: `log_columns!`, then `state` and `written`
-/// (a row's slot for rows written before schema version 8).
-pub const ROW_COLUMNS: &str = concat!(log_columns!(), ", state, coalesce(written, seq)");
+/// A log row's columns as read: `log_columns!`, then `state`.
+pub const ROW_COLUMNS: &str = concat!(log_columns!(), ", state");
 /// Where `state` is among [`ROW_COLUMNS`].
 pub const STATE_COLUMN: usize = LOG_COLUMN_COUNT;
-/// Where the row's `written` is among [`ROW_COLUMNS`].
-pub const WRITTEN_COLUMN: usize = LOG_COLUMN_COUNT + 1;
 /// Where `last_event_seq` is among [`ROW_COLUMNS`].
 pub const LAST_EVENT_SEQ_COLUMN: usize = LOG_COLUMN_COUNT - 1;
 /// Writes an account's state into a slot (a new one past the end, or over a
@@ -510,8 +511,8 @@ pub fn write<'a>(
         pos = slot + 1;
         taken.insert(slot);
         freed.remove(&slot);
-        if let Some(previous) = state.newest.get(row.id) {
-            freed.insert(previous.slot);
+        if let Some(&previous) = state.newest.get(row.id) {
+            freed.insert(previous);
         }
         slots.push(slot);
     }
@@ -560,18 +561,26 @@ mod tests {
         log.learn(placed);
     }
 
-    /// The `n` of `id`'s newest row, as the map finds it after catching up.
+    /// The `n` of `id`'s newest row, as the map finds it after catching up:
+    /// its account's row with the largest `written`.
     fn newest(conn: &Connection, log: &AccountLog, id: &str) -> u32 {
         log.catch_up(conn).unwrap();
-        let n = log.newest(&AccountId::parse(id).unwrap()).unwrap();
-        let (row_id, state, written): (String, Vec<u8>, i64) = conn
+        let slot = log.newest(&AccountId::parse(id).unwrap()).unwrap();
+        let (row_id, state): (String, Vec<u8>) = conn
             .query_row(
-                "SELECT id, state, coalesce(written, seq) FROM account_log WHERE seq = ?1",
-                [n.slot],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                "SELECT id, state FROM account_log WHERE seq = ?1",
+                [slot],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert_eq!((row_id.as_str(), written), (id, n.written));
+        let newest_slot: i64 = conn
+            .query_row(
+                "SELECT seq FROM account_log WHERE id = ?1 ORDER BY coalesce(written, seq) DESC LIMIT 1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!((row_id.as_str(), slot), (id, newest_slot));
         u32::from_le_bytes(state.try_into().unwrap())
     }
 
@@ -708,10 +717,7 @@ mod tests {
             .unwrap();
         }
         let log = AccountLog::open(&conn).unwrap();
-        assert_eq!(
-            log.newest(&AccountId::parse("a").unwrap()).unwrap().written,
-            3
-        );
+        assert_eq!(log.newest(&AccountId::parse("a").unwrap()), Some(3));
         put(&conn, &log, &["b"], 4);
         let count = |id: &str| -> i64 {
             conn.query_row(
@@ -788,15 +794,9 @@ mod tests {
 
     #[test]
     fn column_count_matches_the_list() {
-        let written = ", coalesce(written, seq)";
-        let columns: Vec<&str> = ROW_COLUMNS
-            .strip_suffix(written)
-            .unwrap()
-            .split(", ")
-            .collect();
+        let columns: Vec<&str> = ROW_COLUMNS.split(", ").collect();
         assert_eq!(columns.len(), LOG_COLUMN_COUNT + 1);
         assert_eq!(columns[LAST_EVENT_SEQ_COLUMN], "last_event_seq");
         assert_eq!(columns[STATE_COLUMN], "state");
-        assert_eq!(WRITTEN_COLUMN, columns.len());
     }
 }

@@ -2,7 +2,7 @@
 //! backend lives here or in `schema.rs`.
 
 use super::account_log::{
-    self, log_columns, AccountLog, LAST_EVENT_SEQ_COLUMN, ROW_COLUMNS, STATE_COLUMN, WRITTEN_COLUMN,
+    self, log_columns, AccountLog, LAST_EVENT_SEQ_COLUMN, ROW_COLUMNS, STATE_COLUMN,
 };
 use super::cache::{Cache, Cached};
 use super::compact;
@@ -202,7 +202,7 @@ fn newest_row(
     id: &AccountId,
 ) -> Result<Option<AccountRow>, StoreError> {
     for _ in 0..NEWEST_ROW_TRIES {
-        let Some(newest) = log.newest(id) else {
+        let Some(slot) = log.newest(id) else {
             return reads
                 .account
                 .query_row([id.as_str()], account_row)
@@ -211,11 +211,14 @@ fn newest_row(
         };
         let row = reads
             .logged
-            .query_row([newest.slot], |r| {
-                // The account's row, as new as the map's or newer (its
-                // account's again, after a lap): read it.
-                let ours = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)? == id.as_str()
-                    && r.get::<_, i64>(WRITTEN_COLUMN)? >= newest.written;
+            .query_row([slot], |r| {
+                // The slot holds the account's row the map learned of, or a
+                // row written after it: another account's, or this one's
+                // after a lap, which is newer. It never holds an older one:
+                // the map learns only committed rows, and every read is a
+                // statement of its own begun after the lookup, so it sees at
+                // least what the map saw.
+                let ours = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)? == id.as_str();
                 ours.then(|| account_row(r)).transpose()
             })
             .optional()?
