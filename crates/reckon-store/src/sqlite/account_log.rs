@@ -25,7 +25,7 @@
 //!   current for the sweeper's index; its other columns go stale once an
 //!   account is in the log.
 //! - This module keeps, in memory, each logged account's newest row (its
-//!   slot and `written`), a bitmap of the slots holding some account's
+//!   slot), a bitmap of the slots holding some account's
 //!   newest row (live; the others are free), the largest `written` and the
 //!   slot after its row: the cursor, where the next row goes. A row goes
 //!   into the next free slot from the cursor; at the ring's end it is
