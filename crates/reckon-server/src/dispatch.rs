@@ -115,8 +115,8 @@ impl tower::Service<Request> for Dispatch {
             Hot::Settle => Handler::call(holds::settle, request, state),
             Hot::Release => Handler::call(holds::release, request, state),
             Hot::Batch => Handler::call(batch::batch, request, state),
-            Hot::NilLockPrivate => Handler::call(nilauth::lock_private, request, state),
-            Hot::NilLockPublic => Handler::call(nilauth::lock_public, request, state),
+            Hot::NilLockPrivate => Handler::call(nilauth::lock_by_kind::<false>, request, state),
+            Hot::NilLockPublic => Handler::call(nilauth::lock_by_kind::<true>, request, state),
             Hot::NilFundsLock => Handler::call(nilauth::funds_lock, request, state),
             Hot::NilUnlock => Handler::call(nilauth::unlock, request, state),
         };

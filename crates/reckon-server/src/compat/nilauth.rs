@@ -50,8 +50,8 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/summary", get(summary))
-        .route("/v1/balance/lock/private", post(lock_private))
-        .route("/v1/balance/lock/public", post(lock_public))
+        .route("/v1/balance/lock/private", post(lock_by_kind::<false>))
+        .route("/v1/balance/lock/public", post(lock_by_kind::<true>))
         .route("/v1/balance/lock/{kind}", post(no_such_lock))
         .route("/v1/balance/unlock", post(unlock))
         .route("/v1/funds/lock", post(funds_lock))
@@ -166,25 +166,18 @@ pub(crate) struct FundsLockBody {
     amount: Value,
 }
 
-/// `/v1/balance/lock/private`: a lock by a secret key. Each kind is its own
+/// `/v1/balance/lock/private` (`PUBLIC` false: a secret key) and
+/// `/v1/balance/lock/public` (a public identifier). Each kind is its own
 /// literal route so `dispatch.rs` can call it without axum's router.
-pub(crate) async fn lock_private(
+pub(crate) async fn lock_by_kind<const PUBLIC: bool>(
     auth: Result<ServiceAuth, ApiError>,
     State(state): State<AppState>,
     idempotency: IdempotencyHeader,
     NilJson(body): NilJson<LockBody>,
 ) -> NilResult<Json<Value>> {
-    lock_by_credential(auth, &state, false, &idempotency, body).await
-}
-
-/// `/v1/balance/lock/public`: a lock by a public identifier.
-pub(crate) async fn lock_public(
-    auth: Result<ServiceAuth, ApiError>,
-    State(state): State<AppState>,
-    idempotency: IdempotencyHeader,
-    NilJson(body): NilJson<LockBody>,
-) -> NilResult<Json<Value>> {
-    lock_by_credential(auth, &state, true, &idempotency, body).await
+    authorised(auth)?;
+    let account = account_of_credential(&state, &body.credential, PUBLIC).await?;
+    lock(&state, account, &body.amount, &idempotency).await
 }
 
 /// Any other `/v1/balance/lock/{kind}`.
@@ -194,18 +187,6 @@ async fn no_such_lock(auth: Result<ServiceAuth, ApiError>) -> NilResult<Json<Val
         StatusCode::NOT_FOUND,
         "no such lock endpoint",
     ))
-}
-
-async fn lock_by_credential(
-    auth: Result<ServiceAuth, ApiError>,
-    state: &AppState,
-    public: bool,
-    idempotency: &IdempotencyHeader,
-    body: LockBody,
-) -> NilResult<Json<Value>> {
-    authorised(auth)?;
-    let account = account_of_credential(state, &body.credential, public).await?;
-    lock(state, account, &body.amount, idempotency).await
 }
 
 pub(crate) async fn funds_lock(
