@@ -418,7 +418,6 @@ pub fn write_batch<'w>(
             .set_due
             .execute(params![id.as_str(), due.map(Timestamp::millis)])?;
     }
-    drop(statements);
     super::idempotency::insert(conn, &writes.idempotency)?;
     logged.write(conn, log)
 }
