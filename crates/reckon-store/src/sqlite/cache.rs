@@ -10,12 +10,13 @@
 //!   committed; the writer reads it at the start of every batch, inside its
 //!   write transaction, and drops the whole cache when it moved.
 //!
-//! Two tiers: decoded states, ready for the core ([`DECODED_ACCOUNTS_MAX`];
-//! when full it evicts arbitrary entries, cheap and fair for any access
-//! pattern that does not fit anyway), and behind them compact copies of
-//! the states it evicted, as many as fit (`compact.rs`), decoded again on a
-//! miss in the first. A miss in both costs two indexed reads (the account's
-//! row, then its open holds).
+//! Two tiers: decoded states, ready for the core ([`DECODED_ACCOUNTS_MAX`]),
+//! and behind them compact copies of the states that did not fit there, as
+//! many as fit (`compact.rs`), decoded again on a miss in the first. A miss
+//! in both costs two indexed reads (the account's row, then its open holds).
+//! Once the decoded tier is full, states go to the compact one instead of
+//! evicting others, except states with open holds, which the compact tier
+//! does not keep (see [`Cache::put`]).
 //!
 //! Each entry also keeps the account's newest event `seq` (the head of its
 //! event chain, see `rows::append_events`), which the next batch's first
@@ -30,6 +31,12 @@ use reckon_core::{AccountId, AccountState, HoldStatus};
 /// million accounts: the entry, the table's slack and each string's own
 /// allocation), so ~20 MB when full; the compact tier holds the many.
 pub const DECODED_ACCOUNTS_MAX: usize = 16_384;
+
+/// Decoded states moved to the compact tier at once to make room for a
+/// state with open holds: few, so no batch stalls encoding them (see
+/// [`Cache::put`]), and more than one, so not every such state pays a walk
+/// of the table for its victim.
+const EVICTED_AT_ONCE: usize = 32;
 
 /// A committed account state and the `seq` of its newest event, if any.
 pub struct Cached {
@@ -88,21 +95,28 @@ impl Cache {
             self.compact.put(&state, last_event_seq);
             return;
         }
+        if self.decoded.len() >= self.decoded_max && !state.holds.is_empty() {
+            // The compact tier does not keep states with open holds, and
+            // the settle or release that follows a lock should not read the
+            // account back from SQLite: make room for it.
+            self.evict(EVICTED_AT_ONCE);
+        }
         if self.decoded.len() >= self.decoded_max {
-            // Evicted states go to the compact tier. Only here: the decoded
-            // tier is looked at first, so what the compact one holds for an
-            // account also decoded may be stale until it is evicted, and
-            // accounts that stay decoded (a few busy ones) are never encoded.
-            let keep = self.decoded_max * 3 / 4;
-            let mut n = 0;
-            let compact = &mut self.compact;
-            self.decoded.retain(|_, cached| {
-                n += 1;
-                if n > keep {
-                    compact.put(&cached.state, cached.last_event_seq);
-                }
-                n <= keep
-            });
+            // Full, and the state has no open holds: it goes to the
+            // compact tier, and nothing is evicted. `take` removed each
+            // decoded account a batch uses, so a batch's first puts take
+            // that room back, whichever accounts they are, and the rest
+            // land here: the decoded tier turns over at random, as evicting
+            // arbitrary entries did. What the compact tier holds for an
+            // account that is also decoded may be stale; `take` looks at
+            // the decoded tier first.
+            //
+            // Evicting a quarter of the tier at once instead encoded ~4,000
+            // states in one batch: at a million accounts that stalled a
+            // batch every fraction of a second (`usage` p99 ~6 ms against
+            // ~2.5 now, and 5-17 % less throughput; docs/performance-log.md).
+            self.compact.put(&state, last_event_seq);
+            return;
         }
         self.decoded.insert(
             state.account.id.clone(),
@@ -111,5 +125,117 @@ impl Cache {
                 last_event_seq,
             },
         );
+    }
+
+    /// Moves up to `n` arbitrary decoded states to the compact tier.
+    fn evict(&mut self, n: usize) {
+        let victims: Vec<AccountId> = self.decoded.keys().take(n).cloned().collect();
+        for id in victims {
+            if let Some(cached) = self.decoded.remove(&id) {
+                self.compact.put(&cached.state, cached.last_event_seq);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reckon_core::{Account, AccountStatus, OveragePolicy, Timestamp, Unit};
+
+    fn state(name: &str, updated_at: i64) -> AccountState {
+        AccountState::new(Account {
+            id: AccountId::parse(name).unwrap(),
+            unit: Unit::parse("mb").unwrap(),
+            status: AccountStatus::Active,
+            expires_at: None,
+            timezone: None,
+            metadata: "{}".into(),
+            overage: OveragePolicy::Reject,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(updated_at),
+        })
+    }
+
+    fn updated_at(cache: &mut Cache, name: &str) -> Option<i64> {
+        let id = AccountId::parse(name).unwrap();
+        let taken = cache.take(&id)?;
+        let at = taken.state.account.updated_at.millis();
+        cache.put(taken.state, taken.last_event_seq);
+        Some(at)
+    }
+
+    fn take_and_put(cache: &mut Cache, name: &str, updated: i64) {
+        let taken = cache.take(&AccountId::parse(name).unwrap()).unwrap();
+        let mut changed = taken.state;
+        changed.account.updated_at = Timestamp::from_millis(updated);
+        cache.put(changed, taken.last_event_seq);
+    }
+
+    fn decoded(cache: &Cache, name: &str) -> bool {
+        cache.decoded.contains_key(&AccountId::parse(name).unwrap())
+    }
+
+    #[test]
+    fn a_full_decoded_tier_sends_states_to_the_compact_one_and_evicts_nothing() {
+        let mut cache = Cache::new(2, 1 << 20);
+        cache.put(state("a", 1), None);
+        cache.put(state("b", 1), None);
+        // Full: "c" goes to the compact tier; "a" and "b" stay decoded.
+        cache.put(state("c", 1), None);
+        assert!(decoded(&cache, "a") && decoded(&cache, "b") && !decoded(&cache, "c"));
+        assert_eq!(updated_at(&mut cache, "c"), Some(1));
+
+        // A decoded account taken and put back gets its room back.
+        take_and_put(&mut cache, "a", 2);
+        assert!(decoded(&cache, "a"));
+        assert_eq!(updated_at(&mut cache, "a"), Some(2));
+
+        // "c" takes the room "b" leaves; its compact copy is now stale.
+        let b = cache.take(&AccountId::parse("b").unwrap()).unwrap();
+        take_and_put(&mut cache, "c", 2);
+        assert!(decoded(&cache, "c"));
+        cache.put(b.state, b.last_event_seq);
+        assert!(!decoded(&cache, "b"));
+        assert_eq!(updated_at(&mut cache, "b"), Some(1));
+
+        // "c" taken again, and "d" takes its room first: "c"'s newest state
+        // replaces the stale copy in the compact tier.
+        let c = cache.take(&AccountId::parse("c").unwrap()).unwrap();
+        cache.put(state("d", 1), None);
+        let mut changed = c.state;
+        changed.account.updated_at = Timestamp::from_millis(3);
+        cache.put(changed, c.last_event_seq);
+        assert!(!decoded(&cache, "c") && decoded(&cache, "d"));
+        assert_eq!(updated_at(&mut cache, "c"), Some(3));
+        assert_eq!(cache.decoded.len(), 2);
+    }
+
+    #[test]
+    fn a_state_with_open_holds_makes_room_in_a_full_decoded_tier() {
+        let mut cache = Cache::new(2, 1 << 20);
+        cache.put(state("a", 1), None);
+        cache.put(state("b", 1), None);
+        let mut locked = state("c", 1);
+        locked.holds.push(reckon_core::Hold {
+            id: "h".into(),
+            account_id: AccountId::parse("c").unwrap(),
+            amount: reckon_core::Amount::ZERO,
+            status: HoldStatus::Held,
+            expires_at: Timestamp::EPOCH,
+            allocations: vec![],
+            settled_amount: reckon_core::Amount::ZERO,
+            created_at: Timestamp::EPOCH,
+            resolved_at: None,
+        });
+        // The compact tier would forget it: it stays decoded, and the
+        // states evicted for it are in the compact tier.
+        cache.put(locked, None);
+        assert!(decoded(&cache, "c"));
+        assert!(cache.decoded.len() <= 2);
+        let c = cache.take(&AccountId::parse("c").unwrap()).unwrap();
+        assert_eq!(c.state.holds.len(), 1);
+        assert_eq!(updated_at(&mut cache, "a"), Some(1));
+        assert_eq!(updated_at(&mut cache, "b"), Some(1));
     }
 }

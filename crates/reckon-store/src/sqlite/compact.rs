@@ -7,7 +7,8 @@
 //! SQLite costs two random reads: its newest row in the account log and its
 //! open holds (over a third of the writer's time, `perf`, 2026-12-04). The
 //! same state as bytes takes ~80 (see "The encoding" below), so the states
-//! the decoded tier evicts are kept here, and a miss there decodes from here.
+//! that do not fit in the decoded tier are kept here, and a miss there
+//! decodes from here.
 //!
 //! - Only states without open holds are kept: holds live in their own
 //!   table, so an account with open holds is loaded from SQLite (its entry

@@ -1,7 +1,7 @@
 //! The writer's cache against no cache: the same random operations, run on
 //! stores whose caches differ only in size, must give the same answers,
-//! states and events. The small caches evict on nearly every batch, and the
-//! compact tier fills, refuses accounts and starts over; the uncached store
+//! states and events. The small caches' decoded tier is full after a few
+//! batches, so most states go to the compact tier, which fills, refuses accounts and starts over; the uncached store
 //! reads every account from SQLite. Now and then a second handle on the
 //! same file (as the admin CLI would be) writes a batch instead.
 
@@ -181,7 +181,7 @@ async fn answers_states_and_events_do_not_depend_on_the_cache() {
         store(Cache::new(0, 0)),
         // Decodes every account from the compact tier, which has room.
         store(Cache::new(0, 1 << 20)),
-        // Evicts on nearly every batch into a compact tier that fills.
+        // Decoded tier full at once: most states go to a compact tier that fills.
         store(Cache::new(3, 1_500)),
     ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
