@@ -241,8 +241,10 @@ fn answer_after_sync(
                     seconds,
                     fsyncs = syncs.count(),
                     fsync_mean_us = syncs.mean_us(),
+                    fsync_max_us = syncs.max_us(),
                     batches = waits.count(),
                     batch_wait_mean_us = waits.mean_us(),
+                    batch_wait_max_us = waits.max_us(),
                     "WAL fsyncs"
                 );
             }

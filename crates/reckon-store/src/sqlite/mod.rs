@@ -458,8 +458,10 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterP
                 seconds,
                 batches = batches.count(),
                 batch_mean_us = batches.mean_us(),
+                batch_max_us = batches.max_us(),
                 jobs = waits.count(),
                 queue_wait_mean_us = waits.mean_us(),
+                queue_wait_max_us = waits.max_us(),
                 "writer batches"
             );
         }

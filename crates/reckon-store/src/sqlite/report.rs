@@ -11,17 +11,19 @@ use std::time::{Duration, Instant};
 /// How often the running means are logged (at debug level).
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// A count of things and their summed duration.
+/// A count of things, their summed duration and the longest one.
 #[derive(Clone, Copy, Default)]
 pub struct Tally {
     count: u64,
     total: Duration,
+    max: Duration,
 }
 
 impl Tally {
     pub fn add(&mut self, took: Duration) {
         self.count += 1;
         self.total += took;
+        self.max = self.max.max(took);
     }
 
     pub fn count(&self) -> u64 {
@@ -30,6 +32,11 @@ impl Tally {
 
     pub fn mean_us(&self) -> u64 {
         (self.total.as_micros() / u128::from(self.count.max(1))) as u64
+    }
+
+    /// The longest one: a stall shows here long before it moves the mean.
+    pub fn max_us(&self) -> u64 {
+        self.max.as_micros() as u64
     }
 }
 
@@ -69,7 +76,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn means_and_the_interval() {
+    fn means_maxima_and_the_interval() {
         let t0 = Instant::now();
         let mut r = Report::new(t0);
         r.work.add(Duration::from_micros(300));
@@ -78,7 +85,7 @@ mod tests {
         assert!(r.take_if_due(t0 + Duration::from_secs(1)).is_none());
         let (secs, work, waits) = r.take_if_due(t0 + REPORT_INTERVAL).unwrap();
         assert_eq!(secs, REPORT_INTERVAL.as_secs_f64());
-        assert_eq!((work.count(), work.mean_us()), (2, 400));
+        assert_eq!((work.count(), work.mean_us(), work.max_us()), (2, 400, 500));
         assert_eq!((waits.count(), waits.mean_us()), (1, 90));
         // Started over, and an interval with nothing waited logs nothing.
         assert!(r
