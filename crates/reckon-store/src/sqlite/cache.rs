@@ -114,7 +114,7 @@ impl Cache {
             // Evicting a quarter of the tier at once instead encoded ~4,000
             // states in one batch: at a million accounts that stalled a
             // batch every fraction of a second (`usage` p99 ~6 ms against
-            // ~2.5 now, and 5-17 % less throughput; docs/performance-log.md).
+            // ~2.5 now, and 1-17 % less throughput; docs/performance-log.md).
             self.compact.put(&state, last_event_seq);
             return;
         }
@@ -141,20 +141,12 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reckon_core::{Account, AccountStatus, OveragePolicy, Timestamp, Unit};
+    use reckon_core::Timestamp;
 
     fn state(name: &str, updated_at: i64) -> AccountState {
-        AccountState::new(Account {
-            id: AccountId::parse(name).unwrap(),
-            unit: Unit::parse("mb").unwrap(),
-            status: AccountStatus::Active,
-            expires_at: None,
-            timezone: None,
-            metadata: "{}".into(),
-            overage: OveragePolicy::Reject,
-            created_at: Timestamp::from_millis(0),
-            updated_at: Timestamp::from_millis(updated_at),
-        })
+        let mut s = super::super::compact::tests::state(name, vec![]);
+        s.account.updated_at = Timestamp::from_millis(updated_at);
+        s
     }
 
     fn updated_at(cache: &mut Cache, name: &str) -> Option<i64> {

@@ -598,7 +598,7 @@ pub fn decode_stored(bytes: &[u8], id: &AccountId) -> Option<AccountState> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn id(s: &str) -> AccountId {
@@ -617,7 +617,8 @@ mod tests {
         }
     }
 
-    fn state(name: &str, grants: Vec<Grant>) -> AccountState {
+    /// An account of unit "mb" with `grants`; `cache.rs`'s tests use it too.
+    pub(in crate::sqlite) fn state(name: &str, grants: Vec<Grant>) -> AccountState {
         let mut s = AccountState::new(Account {
             id: id(name),
             unit: Unit::parse("mb").unwrap(),
