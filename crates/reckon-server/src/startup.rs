@@ -53,6 +53,9 @@ pub async fn run(
             // Serving, unlike a one-shot CLI command: worth reading the file
             // into the OS page cache in the background.
             sqlite.warm_page_cache()?;
+            // And the writer's cache, so the first requests after a restart
+            // on many accounts do not each read their account from SQLite.
+            sqlite.fill_cache()?;
             Arc::new(sqlite)
         }
         Database::Postgres(_) => open_store(&config.database, clock.clone()).await?,

@@ -127,6 +127,26 @@ impl Cache {
         );
     }
 
+    /// Whether the cache may hold `id` already (see [`Compact::may_hold`]).
+    pub fn may_hold(&self, id: &AccountId) -> bool {
+        self.decoded.contains_key(id) || self.compact.may_hold(id)
+    }
+
+    /// Keeps committed state read ahead of need (`rows::fill`) in the
+    /// compact tier, if it has no open holds and the tier has room; `false`
+    /// once the tier has none, so filling stops before it would make the
+    /// tier start over.
+    pub fn fill(&mut self, state: &AccountState, last_event_seq: Option<i64>) -> bool {
+        if !self.compact.has_room() {
+            return false;
+        }
+        // The compact tier keeps no states with open holds.
+        if state.holds.is_empty() {
+            self.compact.put(state, last_event_seq);
+        }
+        true
+    }
+
     /// Moves up to `n` arbitrary decoded states to the compact tier.
     fn evict(&mut self, n: usize) {
         let victims: Vec<AccountId> = self.decoded.keys().take(n).cloned().collect();

@@ -117,6 +117,20 @@ impl Compact {
         decoded
     }
 
+    /// Whether an entry for `id` may be kept. Compares hashes only, so
+    /// another account's entry can answer `true`: the caller then skips an
+    /// account it could have added, never keeps a wrong one.
+    pub fn may_hold(&self, id: &AccountId) -> bool {
+        self.index.contains_key(&self.key(id))
+    }
+
+    /// Room for one more entry of any size without starting over (which
+    /// [`Compact::put`] does once a quarter of a full arena is garbage).
+    pub fn has_room(&self) -> bool {
+        self.index.len() < self.entries_max
+            && self.arena.len() + ENTRY_BYTES_MAX + ENTRY_SLACK_BYTES <= self.bytes_max
+    }
+
     /// Keeps `state` (committed, its newest event `last_event_seq`) in place
     /// of what was kept for its account, or forgets the account if it
     /// cannot be kept.

@@ -104,6 +104,9 @@ enum Job {
     /// A non-ledger write (settings, purges) run on the writer's connection
     /// between batches, so the writer stays the only writer.
     Maintain(Maintenance, Touches),
+    /// Start reading accounts into the cache whenever no job waits
+    /// ([`SqliteStore::fill_cache`]).
+    Fill,
 }
 
 /// What a maintenance job may write, which decides whether the writer's
@@ -303,6 +306,16 @@ impl SqliteStore {
         warm::start(self.inner.database.clone())
     }
 
+    /// Has the writer read every account into its cache, one short step
+    /// at a time whenever no job waits (see `fill`). The server calls it
+    /// once at start; one-shot commands (the CLI) do not.
+    pub fn fill_cache(&self) -> Result<(), StoreError> {
+        self.inner
+            .jobs
+            .try_send(Job::Fill)
+            .map_err(|_| StoreError::Unavailable)
+    }
+
     /// Applies pending migrations without starting a server.
     pub fn migrate(path: impl AsRef<Path>) -> Result<usize, StoreError> {
         let mut conn = open(
@@ -394,15 +407,53 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterP
     let mut last_now = Timestamp::EPOCH;
     let mut pending: Option<Job> = None;
     let mut report = report::Report::new(Instant::now());
+    // Reading accounts into the cache while no job waits (`fill`): from
+    // `Job::Fill` until done.
+    let mut filling: Option<Filling> = None;
     loop {
         let first = match pending.take() {
             Some(job) => job,
+            None if filling.is_some() => match rx.try_recv() {
+                Ok(job) => job,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let f = filling.as_mut().expect("filling");
+                    match fill(&conn, &mut cache, &log, std::mem::take(&mut f.cursor)) {
+                        Ok(Some(cursor)) => {
+                            f.cursor = cursor;
+                            f.steps += 1;
+                        }
+                        Ok(None) => {
+                            tracing::debug!(
+                                steps = f.steps,
+                                elapsed_ms = f.began.elapsed().as_millis() as u64,
+                                "writer cache filled"
+                            );
+                            filling = None;
+                        }
+                        // Only a head start is lost: batches read what they miss.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading accounts into the writer cache failed; stopped");
+                            filling = None;
+                        }
+                    }
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            },
             None => match rx.blocking_recv() {
                 Some(job) => job,
                 None => break, // every handle dropped: shut down
             },
         };
         let (requests, replies, started) = match first {
+            Job::Fill => {
+                filling = Some(Filling {
+                    cursor: rows::FillCursor::default(),
+                    began: Instant::now(),
+                    steps: 0,
+                });
+                continue;
+            }
             Job::Maintain(f, touches) => {
                 let answer = f(&mut conn);
                 if touches == Touches::Accounts {
@@ -425,7 +476,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterP
                             replies.push((more.len(), reply));
                             all.extend(more);
                         }
-                        Ok(job @ Job::Maintain(..)) => {
+                        Ok(job @ (Job::Maintain(..) | Job::Fill)) => {
                             pending = Some(job);
                             break;
                         }
@@ -482,6 +533,38 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, parts: WriterP
     }
     // Answer everything committed before closing the connection.
     durability.finish();
+}
+
+/// Where the writer's [`fill`] stands, and since when it runs (for its
+/// debug log).
+struct Filling {
+    cursor: rows::FillCursor,
+    began: Instant,
+    steps: u64,
+}
+
+/// One step of reading accounts ahead of need into the cache, so a server
+/// restarted on many accounts does not read each one from SQLite at its
+/// first request: a miss costs a random read of the account log and one of
+/// the open holds, and after a restart on a million accounts ~90 % of the
+/// first 5 s's requests missed, still ~25 % after 35 s. Filling them all
+/// takes ~4.6 s on an idle server (~4.6 µs an account). It runs only when no
+/// job is queued, and a step is short ([`rows::FILL_STEP_ROWS`]), so a
+/// request that arrives meanwhile waits little. Inside the write lock,
+/// like a batch, so what it keeps is what is committed; then rolled back.
+fn fill(
+    conn: &Connection,
+    cache: &mut cache::Cache,
+    log: &AccountLog,
+    cursor: rows::FillCursor,
+) -> Result<Option<rows::FillCursor>, StoreError> {
+    let tx = WriteTx::begin(conn)?;
+    cache.validate(
+        tx.prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?,
+    );
+    log.catch_up(&tx)?;
+    rows::fill(&tx, cache, log, cursor)
 }
 
 /// `BEGIN IMMEDIATE` .. `COMMIT` with both statements cached: rusqlite's

@@ -166,14 +166,14 @@ pub fn load_account(
 /// accounts, where most of a batch's accounts miss the writer's cache,
 /// doing that and formatting the text per miss cost ~2 % of the writer's
 /// samples (`perf`, 2026-12-04).
-struct AccountReads<'c> {
+pub(super) struct AccountReads<'c> {
     account: CachedStatement<'c>,
     logged: CachedStatement<'c>,
     open_holds: CachedStatement<'c>,
 }
 
 impl<'c> AccountReads<'c> {
-    fn prepare(conn: &'c Connection) -> Result<Self, StoreError> {
+    pub(super) fn prepare(conn: &'c Connection) -> Result<Self, StoreError> {
         Ok(AccountReads {
             account: conn.prepare_cached(&format!(
                 "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1"
@@ -235,7 +235,7 @@ fn newest_row(
 }
 
 /// [`load_account`], plus the seq of the account's newest event.
-fn load_account_and_head(
+pub(super) fn load_account_and_head(
     conn: &Connection,
     reads: &mut AccountReads<'_>,
     log: &AccountLog,
@@ -267,6 +267,98 @@ fn load_account_and_head(
         },
         last_event_seq,
     )))
+}
+
+/// Rows [`fill`] looks at in one step: a few dozen microseconds of work,
+/// which a request that arrives meanwhile waits for.
+pub const FILL_STEP_ROWS: usize = 32;
+
+/// Where [`fill`] goes on from: first the account log in slot order, which
+/// reads its pages one after another (over a million accounts, reading
+/// them by id cost a random page read each, a quarter of the time), then
+/// the accounts that have no row in the log.
+#[derive(Debug)]
+pub enum FillCursor {
+    /// The last slot the previous step looked at.
+    Log(i64),
+    /// The id of the last account the previous step looked at.
+    Accounts(String),
+}
+
+impl Default for FillCursor {
+    fn default() -> FillCursor {
+        FillCursor::Log(0)
+    }
+}
+
+/// One step of reading accounts ahead of need into the writer's cache
+/// (`Cache::fill`): the accounts among the next [`FILL_STEP_ROWS`] rows
+/// that it does not hold yet, read as a batch's miss reads them (the row
+/// just scanned is then in SQLite's page cache). Must run inside the
+/// writer's transaction, after `Cache::validate` and the log's catch-up,
+/// as a batch does, so what it keeps is the committed state. `None` once
+/// every account was read or the cache has no more room.
+pub fn fill(
+    conn: &Connection,
+    cache: &mut Cache,
+    log: &AccountLog,
+    cursor: FillCursor,
+) -> Result<Option<FillCursor>, StoreError> {
+    let step = FILL_STEP_ROWS as i64;
+    // Each account once: by the slot of its newest log row, or, with no row
+    // in the log, by its row in `accounts`.
+    let (candidates, next) = match cursor {
+        FillCursor::Log(after) => {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT seq, id FROM account_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?
+                .query_map(params![after, step], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = match rows.last() {
+                Some(&(slot, _)) => FillCursor::Log(slot),
+                None => FillCursor::Accounts(String::new()),
+            };
+            let mut ids = Vec::with_capacity(rows.len());
+            for (slot, id) in rows {
+                let id = account_id(&id)?;
+                if log.newest(&id) == Some(slot) {
+                    ids.push(id);
+                }
+            }
+            (ids, Some(next))
+        }
+        FillCursor::Accounts(after) => {
+            let rows = conn
+                .prepare_cached("SELECT id FROM accounts WHERE id > ?1 ORDER BY id LIMIT ?2")?
+                .query_map(params![after, step], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = rows.last().cloned().map(FillCursor::Accounts);
+            let mut ids = Vec::with_capacity(rows.len());
+            for id in rows {
+                let id = account_id(&id)?;
+                if log.newest(&id).is_none() {
+                    ids.push(id);
+                }
+            }
+            (ids, next)
+        }
+    };
+    let mut reads = AccountReads::prepare(conn)?;
+    let none = BTreeSet::new();
+    for id in candidates {
+        if cache.may_hold(&id) {
+            continue;
+        }
+        if let Some((state, head)) = load_account_and_head(conn, &mut reads, log, &id, &none)? {
+            if !cache.fill(&state, head) {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(next)
 }
 
 pub fn hold_accounts(

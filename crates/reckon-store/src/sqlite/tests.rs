@@ -3,7 +3,9 @@
 //! states and events. The small caches' decoded tier is full after a few
 //! batches, so most states go to the compact tier, which fills, refuses accounts and starts over; the uncached store
 //! reads every account from SQLite. Now and then a second handle on the
-//! same file (as the admin CLI would be) writes a batch instead.
+//! same file (as the admin CLI would be) writes a batch instead, and one
+//! store is restarted, its writer filling the new cache while batches
+//! arrive (`fill`).
 
 use super::account_log::log_columns;
 use super::cache::Cache;
@@ -176,13 +178,16 @@ async fn everything(s: &SqliteStore) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_states_and_events_do_not_depend_on_the_cache() {
-    let stores = [
+    let mut stores = [
         // Reads every account from SQLite.
         store(Cache::new(0, 0)),
         // Decodes every account from the compact tier, which has room.
         store(Cache::new(0, 1 << 20)),
         // Decoded tier full at once: most states go to a compact tier that fills.
         store(Cache::new(3, 1_500)),
+        // Restarted now and then: its writer reads accounts into the new
+        // cache (`fill`) while batches arrive.
+        store(restarted_cache()),
     ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut holds = vec![String::from("none"); ACCOUNTS as usize];
@@ -226,6 +231,7 @@ async fn answers_states_and_events_do_not_depend_on_the_cache() {
             _ => 0,
         };
         let purge = rng.below(50) == 0;
+        let restart = rng.below(40) == 0;
         // Another process writing the file (the admin CLI): the writer
         // must see it and drop both tiers of its cache.
         let elsewhere = rng.below(30) == 0;
@@ -235,6 +241,12 @@ async fn answers_states_and_events_do_not_depend_on_the_cache() {
             (id(rng.below(ACCOUNTS)), key)
         });
         let mut answers = Vec::new();
+        if restart {
+            let s = &mut stores[3];
+            s.store =
+                SqliteStore::open_with_cache(&s.path, s.clock.clone(), restarted_cache()).unwrap();
+            s.store.fill_cache().unwrap();
+        }
         for s in &stores {
             s.clock.advance_secs(advance);
             if purge {
@@ -255,6 +267,7 @@ async fn answers_states_and_events_do_not_depend_on_the_cache() {
         }
         assert_eq!(answers[0], answers[1], "step {step}, compact only");
         assert_eq!(answers[0], answers[2], "step {step}, small caches");
+        assert_eq!(answers[0], answers[3], "step {step}, restarted");
         if step % 100 < 4 {
             let all = everything(&stores[0].store).await;
             for s in &stores[1..] {
@@ -277,6 +290,108 @@ async fn answers_states_and_events_do_not_depend_on_the_cache() {
     }
     for s in &stores[1..] {
         assert_eq!(all, everything(&s.store).await);
+    }
+}
+
+fn restarted_cache() -> Cache {
+    Cache::new(3, 1 << 20)
+}
+
+/// What the writer reads into its cache ahead of need (`fill`) is what a
+/// batch's miss would read, with the head of the account's event chain;
+/// accounts with open holds are left out (the compact tier keeps none), and
+/// a tier without room ends the fill without starting over.
+#[tokio::test]
+async fn fill_keeps_what_a_miss_would_read() {
+    const N: u64 = 90;
+    // Made in one batch, so their rows are in `accounts`. Some never
+    // change again; the others' newest rows are in the account log, and
+    // some of those have an open hold.
+    let changed = |n: u64| !n.is_multiple_of(7);
+    let held = |n: u64| n % 5 == 1 && changed(n);
+    let under = store(Cache::new(0, 0));
+    let made = (0..N)
+        .map(|n| Request::new(credits_account(id(n))))
+        .collect();
+    let changes = (0..N)
+        .filter(|&n| changed(n))
+        .flat_map(|n| {
+            let mut commands = vec![
+                Command::Grant(GrantCmd {
+                    account: id(n),
+                    grant_id: format!("g-{n}"),
+                    amount: Amount::from_units(100).unwrap(),
+                    expiry: GrantExpiry::Never,
+                    source: "manual".into(),
+                }),
+                Command::Usage(UsageCmd {
+                    account: id(n),
+                    amount: Amount::from_micros(1_500_000).unwrap(),
+                }),
+            ];
+            if held(n) {
+                commands.push(Command::Lock(LockCmd {
+                    account: id(n),
+                    hold_id: format!("h-{n}"),
+                    amount: Amount::from_units(1).unwrap(),
+                    ttl_secs: 600,
+                }));
+            }
+            commands
+        })
+        .map(Request::new)
+        .collect();
+    for batch in [made, changes] {
+        let done = under.store.submit_many(batch).await;
+        assert!(done.iter().all(|r| r.is_ok()));
+    }
+    let conn = super::open(&under.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE).unwrap();
+    let log = super::AccountLog::open(&conn).unwrap();
+    // Room for everything, then room for a few.
+    for (bytes, all) in [(1 << 20, true), (2_500, false)] {
+        let mut cache = Cache::new(0, bytes);
+        let mut cursor = super::rows::FillCursor::default();
+        let mut steps = 0;
+        while let Some(next) = super::fill(&conn, &mut cache, &log, cursor).unwrap() {
+            cursor = next;
+            steps += 1;
+        }
+        if all {
+            // Through the log (one row an account changed since it was
+            // made), then through `accounts`, each ended by an empty step.
+            let logged = (0..N).filter(|&n| changed(n)).count();
+            let step = super::rows::FILL_STEP_ROWS;
+            assert_eq!(
+                steps,
+                logged.div_ceil(step) + 1 + (N as usize).div_ceil(step)
+            );
+        }
+        let mut kept = 0;
+        let mut reads = super::rows::AccountReads::prepare(&conn).unwrap();
+        for n in 0..N {
+            let miss = super::rows::load_account_and_head(
+                &conn,
+                &mut reads,
+                &log,
+                &id(n),
+                &Default::default(),
+            )
+            .unwrap()
+            .unwrap();
+            match cache.take(&id(n)) {
+                Some(cached) => {
+                    assert_eq!((cached.state, cached.last_event_seq), miss, "acct-{n}");
+                    kept += 1;
+                }
+                None => assert!(!all || held(n), "acct-{n} not kept"),
+            }
+        }
+        let open_holds = (0..N).filter(|&n| held(n)).count();
+        if all {
+            assert_eq!(kept, N as usize - open_holds);
+        } else {
+            assert!(kept > 0 && kept < N as usize - open_holds, "kept {kept}");
+        }
     }
 }
 
