@@ -269,8 +269,9 @@ pub(super) fn load_account_and_head(
     )))
 }
 
-/// Rows [`fill`] looks at in one step: a few dozen microseconds of work,
-/// which a request that arrives meanwhile waits for.
+/// Rows [`fill`] looks at in one step: about half are their account's
+/// newest, ~4.6 µs each to read and keep, so under 100 µs of work, which a
+/// request that arrives meanwhile waits for.
 pub const FILL_STEP_ROWS: usize = 32;
 
 /// Where [`fill`] goes on from: first the account log in slot order, which
