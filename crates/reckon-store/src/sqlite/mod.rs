@@ -558,13 +558,28 @@ fn fill(
     log: &AccountLog,
     cursor: rows::FillCursor,
 ) -> Result<Option<rows::FillCursor>, StoreError> {
+    let tx = begin_reading_accounts(conn, cache, log)?;
+    rows::fill(&tx, cache, log, cursor)
+}
+
+/// The write transaction a batch or a fill step reads accounts in, with
+/// the cache and the account log's map made current inside it.
+fn begin_reading_accounts<'c>(
+    conn: &'c Connection,
+    cache: &mut cache::Cache,
+    log: &AccountLog,
+) -> Result<WriteTx<'c>, StoreError> {
     let tx = WriteTx::begin(conn)?;
+    // Inside the write lock: has another process committed since our last batch?
     cache.validate(
         tx.prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?,
     );
+    // Also inside it: every account row appended so far, by this writer's
+    // last batch, a maintenance job or another process, is in the map
+    // before any account is read.
     log.catch_up(&tx)?;
-    rows::fill(&tx, cache, log, cursor)
+    Ok(tx)
 }
 
 /// `BEGIN IMMEDIATE` .. `COMMIT` with both statements cached: rusqlite's
@@ -612,16 +627,7 @@ fn run_batch(
     requests: &[Request],
     now: Timestamp,
 ) -> Result<(Vec<Result<Executed, ExecError>>, bool), StoreError> {
-    let tx = WriteTx::begin(conn)?;
-    // Inside the write lock: has another process committed since our last batch?
-    cache.validate(
-        tx.prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?,
-    );
-    // Also inside it: every account row appended so far, by this writer's
-    // last batch, a maintenance job or another process, is in the map
-    // before any account is read.
-    log.catch_up(&tx)?;
+    let tx = begin_reading_accounts(conn, cache, log)?;
     let (prefetched, mut heads) = rows::prefetch(&tx, &plan(requests), cache, log, legacy)?;
     let out = apply_batch(prefetched, requests, now);
     let writes = &out.writes;
