@@ -133,17 +133,14 @@ impl Cache {
     }
 
     /// Keeps committed state read ahead of need (`rows::fill`) in the
-    /// compact tier, if it has no open holds and the tier has room; `false`
-    /// once the tier has none, so filling stops before it would make the
-    /// tier start over.
+    /// compact tier (which leaves out states with open holds) while it has
+    /// room; `false` once it has none, so filling stops before it would
+    /// make the tier start over.
     pub fn fill(&mut self, state: &AccountState, last_event_seq: Option<i64>) -> bool {
         if !self.compact.has_room() {
             return false;
         }
-        // The compact tier keeps no states with open holds.
-        if state.holds.is_empty() {
-            self.compact.put(state, last_event_seq);
-        }
+        self.compact.put(state, last_event_seq);
         true
     }
 
