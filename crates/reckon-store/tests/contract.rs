@@ -393,6 +393,65 @@ async fn holds_resolve_once(h: Harness) {
     );
 }
 
+/// An account's holds list newest first, filtered by their status as of
+/// now, up to the limit, and only its own.
+async fn holds_list_newest_first(h: Harness) {
+    funded(&h, &["a", "b"], 100).await;
+    ok(&h, lock("a", "h1", 1, 300)).await;
+    h.clock.advance_secs(1);
+    ok(&h, lock("b", "hb", 1, 300)).await;
+    ok(&h, lock("a", "h2", 1, 30)).await;
+    h.clock.advance_secs(1);
+    ok(&h, lock("a", "h3", 1, 300)).await;
+    h.clock.advance_secs(1);
+    ok(&h, settle("a", "h1", 1)).await;
+    ok(&h, usage("a", 1)).await;
+    h.clock.advance_secs(1);
+    ok(&h, lock("a", "h4", 1, 300)).await;
+    h.clock.advance_secs(40);
+    let list = |name: &'static str, status: Option<HoldStatus>, limit: usize| {
+        let h = &h;
+        async move {
+            h.store
+                .holds(&id(name), status, h.clock.now(), limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|hold| (hold.id, hold.status))
+                .collect::<Vec<_>>()
+        }
+    };
+    let pair = |id: &str, status| (id.to_owned(), status);
+    assert_eq!(
+        list("a", None, 10).await,
+        [
+            pair("h4", HoldStatus::Held),
+            pair("h3", HoldStatus::Held),
+            pair("h2", HoldStatus::Expired),
+            pair("h1", HoldStatus::Settled),
+        ]
+    );
+    assert_eq!(
+        list("a", None, 2).await,
+        [pair("h4", HoldStatus::Held), pair("h3", HoldStatus::Held)]
+    );
+    assert_eq!(
+        list("a", Some(HoldStatus::Held), 10).await,
+        [pair("h4", HoldStatus::Held), pair("h3", HoldStatus::Held)]
+    );
+    assert_eq!(
+        list("a", Some(HoldStatus::Expired), 10).await,
+        [pair("h2", HoldStatus::Expired)]
+    );
+    assert_eq!(
+        list("a", Some(HoldStatus::Settled), 10).await,
+        [pair("h1", HoldStatus::Settled)]
+    );
+    assert!(list("a", Some(HoldStatus::Released), 10).await.is_empty());
+    assert_eq!(list("b", None, 10).await, [pair("hb", HoldStatus::Held)]);
+    assert!(list("nobody", None, 10).await.is_empty());
+}
+
 async fn concurrent_usage_never_overspends(h: Harness) {
     ok(&h, create("hot")).await;
     ok(&h, grant("hot", 50, GrantExpiry::Never)).await;
@@ -945,6 +1004,7 @@ contract!(
     batch_applies_in_order,
     grants_expire_lazily_and_by_sweep,
     holds_resolve_once,
+    holds_list_newest_first,
     concurrent_usage_never_overspends,
     acknowledged_writes_survive_restart,
     purge_forgets_old_keys,

@@ -51,6 +51,7 @@
 //!   work cost about the same, so the scan takes about half as long on two
 //!   cores.
 
+use super::cache::ChainHeads;
 use crate::error::StoreError;
 use crate::executor::IdMap;
 use reckon_core::AccountId;
@@ -402,31 +403,34 @@ fn read_all(conn: &Connection, mut send: impl FnMut(ScanChunk)) -> Result<(), St
 /// The account columns, in `rows::ACCOUNT_COLUMNS` order, that a log row
 /// holds besides its slot (`seq`), `state` and `written` (a macro so statements can be built
 /// from it at compile time: `rows::INSERT_ACCOUNT`). Rows written since
-/// schema version 7 leave them empty (or zero) but for `id` and
-/// `last_event_seq`, and keep the rest in `state`.
+/// schema version 7 leave them empty (or zero) but for `id`,
+/// `last_event_seq` and `last_hold` (the heads of its chains), and keep the
+/// rest in `state`.
 macro_rules! log_columns {
     () => {
-        "id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq"
+        "id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq, last_hold"
     };
 }
 pub(crate) use log_columns;
 /// How many columns `log_columns!` names.
-pub const LOG_COLUMN_COUNT: usize = 15;
+pub const LOG_COLUMN_COUNT: usize = 16;
 /// A log row's columns as read: `log_columns!`, then `state`.
 pub const ROW_COLUMNS: &str = concat!(log_columns!(), ", state");
 /// Where `state` is among [`ROW_COLUMNS`].
 pub const STATE_COLUMN: usize = LOG_COLUMN_COUNT;
 /// Where `last_event_seq` is among [`ROW_COLUMNS`].
-pub const LAST_EVENT_SEQ_COLUMN: usize = LOG_COLUMN_COUNT - 1;
+pub const LAST_EVENT_SEQ_COLUMN: usize = LOG_COLUMN_COUNT - 2;
+/// Where `last_hold` is among [`ROW_COLUMNS`].
+pub const LAST_HOLD_COLUMN: usize = LOG_COLUMN_COUNT - 1;
 /// Writes an account's state into a slot (a new one past the end, or over a
-/// row no longer its account's newest): the slot, its id, the seq of its
-/// newest event, its state as `compact::encode_stored` writes it, and
+/// row no longer its account's newest): the slot, its id, the heads of its
+/// chains, its state as `compact::encode_stored` writes it, and
 /// `written`. The other columns (NOT NULL since schema version 5) get empty
 /// texts and zeros: a byte of the row's header each. One statement for
 /// both: SQLite replaces a rowid's row in place.
 pub const PUT: &str = "INSERT OR REPLACE INTO account_log
-    (seq, id, unit, status, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq, state, written)
-    VALUES (?1, ?2, '', '', '', '', 0, 0, 0, 0, 0, 0, '', ?3, ?4, ?5)";
+    (seq, id, unit, status, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq, last_hold, state, written)
+    VALUES (?1, ?2, '', '', '', '', 0, 0, 0, 0, 0, 0, '', ?3, ?4, ?5, ?6)";
 
 /// The slots [`write`] gave its rows, for [`AccountLog::learn`] once they
 /// are committed.
@@ -437,11 +441,11 @@ pub struct Placed<'a> {
     written: i64,
 }
 
-/// An account's new row: its id, the seq of its newest event and its state
-/// as `compact::encode_stored` wrote it.
+/// An account's new row: its id, the heads of its chains and its state as
+/// `compact::encode_stored` wrote it.
 pub struct NewRow<'a, 's> {
     pub id: &'a str,
-    pub last_event_seq: Option<i64>,
+    pub heads: ChainHeads,
     pub state: &'s [u8],
 }
 
@@ -521,7 +525,8 @@ pub fn write<'a>(
         put.execute(params![
             slot,
             row.id,
-            row.last_event_seq,
+            row.heads.event,
+            row.heads.hold,
             row.state,
             written
         ])?;
@@ -553,7 +558,7 @@ mod tests {
             .iter()
             .map(|&id| NewRow {
                 id,
-                last_event_seq: None,
+                heads: ChainHeads::default(),
                 state: &state,
             })
             .collect();
@@ -797,6 +802,7 @@ mod tests {
         let columns: Vec<&str> = ROW_COLUMNS.split(", ").collect();
         assert_eq!(columns.len(), LOG_COLUMN_COUNT + 1);
         assert_eq!(columns[LAST_EVENT_SEQ_COLUMN], "last_event_seq");
+        assert_eq!(columns[LAST_HOLD_COLUMN], "last_hold");
         assert_eq!(columns[STATE_COLUMN], "state");
     }
 }

@@ -18,9 +18,9 @@
 //! evicting others, except states with open holds, which the compact tier
 //! does not keep (see [`Cache::put`]).
 //!
-//! Each entry also keeps the account's newest event `seq` (the head of its
-//! event chain, see `rows::append_events`), which the next batch's first
-//! event points back to. Writes on the writer's connection that bypass the
+//! Each entry also keeps the heads of the account's chains ([`ChainHeads`]):
+//! its newest event and its newest hold, which the next batch's first event
+//! and first hold point back to. Writes on the writer's connection that bypass the
 //! cache (credential changes append events) must [`Cache::clear`] it.
 
 use super::compact::Compact;
@@ -38,10 +38,19 @@ pub const DECODED_ACCOUNTS_MAX: usize = 16_384;
 /// of the table for its victim.
 const EVICTED_AT_ONCE: usize = 32;
 
-/// A committed account state and the `seq` of its newest event, if any.
+/// The rowids of an account's newest event (`rows::append_events`) and
+/// newest hold (`rows::write_account`): each chain's head, which the
+/// account's next event or hold points back to. Kept in the account's row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChainHeads {
+    pub event: Option<i64>,
+    pub hold: Option<i64>,
+}
+
+/// A committed account state and the heads of its chains.
 pub struct Cached {
     pub state: AccountState,
-    pub last_event_seq: Option<i64>,
+    pub heads: ChainHeads,
 }
 
 pub struct Cache {
@@ -89,10 +98,10 @@ impl Cache {
 
     /// Keeps committed state. Resolved holds are dropped: the state only
     /// needs open ones, and a command that targets a resolved hold loads it.
-    pub fn put(&mut self, mut state: AccountState, last_event_seq: Option<i64>) {
+    pub fn put(&mut self, mut state: AccountState, heads: ChainHeads) {
         state.holds.retain(|h| h.status == HoldStatus::Held);
         if self.decoded_max == 0 {
-            self.compact.put(&state, last_event_seq);
+            self.compact.put(&state, heads);
             return;
         }
         if self.decoded.len() >= self.decoded_max && !state.holds.is_empty() {
@@ -115,16 +124,11 @@ impl Cache {
             // states in one batch: at a million accounts that stalled a
             // batch every fraction of a second (`usage` p99 ~6 ms against
             // ~2.5 now, and 1-17 % less throughput; docs/performance-log.md).
-            self.compact.put(&state, last_event_seq);
+            self.compact.put(&state, heads);
             return;
         }
-        self.decoded.insert(
-            state.account.id.clone(),
-            Cached {
-                state,
-                last_event_seq,
-            },
-        );
+        self.decoded
+            .insert(state.account.id.clone(), Cached { state, heads });
     }
 
     /// Whether the cache may hold `id` already (see [`Compact::may_hold`]).
@@ -136,11 +140,11 @@ impl Cache {
     /// compact tier (which leaves out states with open holds) while it has
     /// room; `false` once it has none, so filling stops before it would
     /// make the tier start over.
-    pub fn fill(&mut self, state: &AccountState, last_event_seq: Option<i64>) -> bool {
+    pub fn fill(&mut self, state: &AccountState, heads: ChainHeads) -> bool {
         if !self.compact.has_room() {
             return false;
         }
-        self.compact.put(state, last_event_seq);
+        self.compact.put(state, heads);
         true
     }
 
@@ -149,7 +153,7 @@ impl Cache {
         let victims: Vec<AccountId> = self.decoded.keys().take(n).cloned().collect();
         for id in victims {
             if let Some(cached) = self.decoded.remove(&id) {
-                self.compact.put(&cached.state, cached.last_event_seq);
+                self.compact.put(&cached.state, cached.heads);
             }
         }
     }
@@ -170,7 +174,7 @@ mod tests {
         let id = AccountId::parse(name).unwrap();
         let taken = cache.take(&id)?;
         let at = taken.state.account.updated_at.millis();
-        cache.put(taken.state, taken.last_event_seq);
+        cache.put(taken.state, taken.heads);
         Some(at)
     }
 
@@ -178,7 +182,7 @@ mod tests {
         let taken = cache.take(&AccountId::parse(name).unwrap()).unwrap();
         let mut changed = taken.state;
         changed.account.updated_at = Timestamp::from_millis(updated);
-        cache.put(changed, taken.last_event_seq);
+        cache.put(changed, taken.heads);
     }
 
     fn decoded(cache: &Cache, name: &str) -> bool {
@@ -188,10 +192,10 @@ mod tests {
     #[test]
     fn a_full_decoded_tier_sends_states_to_the_compact_one_and_evicts_nothing() {
         let mut cache = Cache::new(2, 1 << 20);
-        cache.put(state("a", 1), None);
-        cache.put(state("b", 1), None);
+        cache.put(state("a", 1), ChainHeads::default());
+        cache.put(state("b", 1), ChainHeads::default());
         // Full: "c" goes to the compact tier; "a" and "b" stay decoded.
-        cache.put(state("c", 1), None);
+        cache.put(state("c", 1), ChainHeads::default());
         assert!(decoded(&cache, "a") && decoded(&cache, "b") && !decoded(&cache, "c"));
         assert_eq!(updated_at(&mut cache, "c"), Some(1));
 
@@ -204,17 +208,17 @@ mod tests {
         let b = cache.take(&AccountId::parse("b").unwrap()).unwrap();
         take_and_put(&mut cache, "c", 2);
         assert!(decoded(&cache, "c"));
-        cache.put(b.state, b.last_event_seq);
+        cache.put(b.state, b.heads);
         assert!(!decoded(&cache, "b"));
         assert_eq!(updated_at(&mut cache, "b"), Some(1));
 
         // "c" taken again, and "d" takes its room first: "c"'s newest state
         // replaces the stale copy in the compact tier.
         let c = cache.take(&AccountId::parse("c").unwrap()).unwrap();
-        cache.put(state("d", 1), None);
+        cache.put(state("d", 1), ChainHeads::default());
         let mut changed = c.state;
         changed.account.updated_at = Timestamp::from_millis(3);
-        cache.put(changed, c.last_event_seq);
+        cache.put(changed, c.heads);
         assert!(!decoded(&cache, "c") && decoded(&cache, "d"));
         assert_eq!(updated_at(&mut cache, "c"), Some(3));
         assert_eq!(cache.decoded.len(), 2);
@@ -223,8 +227,8 @@ mod tests {
     #[test]
     fn a_state_with_open_holds_makes_room_in_a_full_decoded_tier() {
         let mut cache = Cache::new(2, 1 << 20);
-        cache.put(state("a", 1), None);
-        cache.put(state("b", 1), None);
+        cache.put(state("a", 1), ChainHeads::default());
+        cache.put(state("b", 1), ChainHeads::default());
         let mut locked = state("c", 1);
         locked.holds.push(reckon_core::Hold {
             id: "h".into(),
@@ -239,7 +243,7 @@ mod tests {
         });
         // The compact tier would forget it: it stays decoded, and the
         // states evicted for it are in the compact tier.
-        cache.put(locked, None);
+        cache.put(locked, ChainHeads::default());
         assert!(decoded(&cache, "c"));
         assert!(cache.decoded.len() <= 2);
         let c = cache.take(&AccountId::parse("c").unwrap()).unwrap();

@@ -24,7 +24,7 @@
 //!   added; once a quarter of it is garbage, it starts over.
 //! - The cache clears this tier whenever it clears the decoded one.
 
-use super::cache::Cached;
+use super::cache::{Cached, ChainHeads};
 use crate::executor::IdMap;
 use reckon_core::{
     Account, AccountId, AccountState, AccountStatus, Amount, Grant, OveragePolicy, Timestamp,
@@ -131,10 +131,10 @@ impl Compact {
             && self.arena.len() + ENTRY_BYTES_MAX + ENTRY_SLACK_BYTES <= self.bytes_max
     }
 
-    /// Keeps `state` (committed, its newest event `last_event_seq`) in place
+    /// Keeps `state` (committed, the heads of its chains `heads`) in place
     /// of what was kept for its account, or forgets the account if it
     /// cannot be kept.
-    pub fn put(&mut self, state: &AccountState, last_event_seq: Option<i64>) {
+    pub fn put(&mut self, state: &AccountState, heads: ChainHeads) {
         if self.bytes_max == 0 {
             return;
         }
@@ -142,7 +142,7 @@ impl Compact {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let keep = state.holds.is_empty() && {
-            encode(state, last_event_seq, &mut self.strings, &mut scratch);
+            encode(state, heads, &mut self.strings, &mut scratch);
             scratch.len() <= ENTRY_BYTES_MAX
         };
         self.place(key, keep.then_some(&scratch[..]));
@@ -196,7 +196,7 @@ impl Compact {
 // that are whole units (most) are written in units. Strings are "texts"
 // (`put_text`), except the id, which comes first, as its length and bytes.
 // Fields in order: id, flags, unit, [expires_at], created_at, updated_at,
-// granted, used, expired, next_grant_seq, [last_event_seq], [timezone],
+// granted, used, expired, next_grant_seq, [heads.event], [heads.hold], [timezone],
 // metadata, then the grants: their count, and each one's id, seq, amount,
 // remaining, created_at, a 0/1 byte and [expires_at], source. With one
 // grant and an id of a dozen bytes, that is ~75 bytes.
@@ -206,6 +206,9 @@ const HAS_TIMEZONE: u8 = 2;
 const HAS_LAST_EVENT: u8 = 4;
 const SUSPENDED: u8 = 8;
 const OVERAGE_SHIFT: u8 = 4;
+const OVERAGE_MASK: u8 = 3;
+/// Never set in the stored form, whose rows keep the heads in columns.
+const HAS_LAST_HOLD: u8 = 64;
 
 /// Distinct strings [`Strings`] keeps; later ones are written inline.
 const STRINGS_MAX: usize = 4_096;
@@ -344,20 +347,15 @@ fn encoded_id(id: &AccountId) -> Vec<u8> {
     out
 }
 
-fn encode(
-    state: &AccountState,
-    last_event_seq: Option<i64>,
-    strings: &mut Strings,
-    out: &mut Vec<u8>,
-) {
+fn encode(state: &AccountState, heads: ChainHeads, strings: &mut Strings, out: &mut Vec<u8>) {
     put_str(out, state.account.id.as_str());
-    encode_body(state, last_event_seq, Some(strings), out);
+    encode_body(state, heads, Some(strings), out);
 }
 
 /// Everything after the id; texts inline when `strings` is `None`.
 fn encode_body(
     state: &AccountState,
-    last_event_seq: Option<i64>,
+    heads: ChainHeads,
     mut strings: Option<&mut Strings>,
     out: &mut Vec<u8>,
 ) {
@@ -369,7 +367,8 @@ fn encode_body(
     };
     let flags = (a.expires_at.is_some() as u8 * HAS_EXPIRY)
         | (a.timezone.is_some() as u8 * HAS_TIMEZONE)
-        | (last_event_seq.is_some() as u8 * HAS_LAST_EVENT)
+        | (heads.event.is_some() as u8 * HAS_LAST_EVENT)
+        | (heads.hold.is_some() as u8 * HAS_LAST_HOLD)
         | ((a.status == AccountStatus::Suspended) as u8 * SUSPENDED)
         | (overage << OVERAGE_SHIFT);
     out.push(flags);
@@ -384,8 +383,8 @@ fn encode_body(
         put_amount(out, n);
     }
     put_u(out, state.next_grant_seq);
-    if let Some(seq) = last_event_seq {
-        put_i(out, seq);
+    for head in [heads.event, heads.hold].into_iter().flatten() {
+        put_i(out, head);
     }
     if let Some(tz) = &a.timezone {
         put_text(out, tz, strings.as_deref_mut());
@@ -513,10 +512,13 @@ fn decode_body(r: &mut Reader<'_>, id: &AccountId) -> Option<Cached> {
         expired: r.amount()?,
     };
     let next_grant_seq = r.u()?;
-    let last_event_seq = if flags & HAS_LAST_EVENT != 0 {
-        Some(r.i()?)
-    } else {
-        None
+    let mut head = |flag: u8| match flags & flag {
+        0 => Some(None),
+        _ => r.i().map(Some),
+    };
+    let heads = ChainHeads {
+        event: head(HAS_LAST_EVENT)?,
+        hold: head(HAS_LAST_HOLD)?,
     };
     let timezone = if flags & HAS_TIMEZONE != 0 {
         Some(r.text()?)
@@ -557,7 +559,7 @@ fn decode_body(r: &mut Reader<'_>, id: &AccountId) -> Option<Cached> {
         expires_at,
         timezone,
         metadata,
-        overage: match flags >> OVERAGE_SHIFT {
+        overage: match (flags >> OVERAGE_SHIFT) & OVERAGE_MASK {
             0 => OveragePolicy::Reject,
             1 => OveragePolicy::Cap,
             2 => OveragePolicy::Allow,
@@ -574,7 +576,7 @@ fn decode_body(r: &mut Reader<'_>, id: &AccountId) -> Option<Cached> {
             holds: Vec::new(),
             next_grant_seq,
         },
-        last_event_seq,
+        heads,
     })
 }
 
@@ -592,7 +594,7 @@ const STORED_FORMAT: u8 = 1;
 /// part of it.
 pub fn encode_stored(state: &AccountState, out: &mut Vec<u8>) {
     out.push(STORED_FORMAT);
-    encode_body(state, None, None, out);
+    encode_body(state, ChainHeads::default(), None, out);
 }
 
 /// The state [`encode_stored`] wrote for `id` (no holds); `None` if the
@@ -648,16 +650,24 @@ pub(super) mod tests {
         s
     }
 
+    fn heads(event: Option<i64>) -> ChainHeads {
+        ChainHeads { event, hold: None }
+    }
+
     fn round_trip(s: &AccountState, seq: Option<i64>) -> usize {
+        round_trip_with(s, heads(seq))
+    }
+
+    fn round_trip_with(s: &AccountState, heads: ChainHeads) -> usize {
         let mut strings = Strings::default();
         let mut bytes = Vec::new();
-        encode(s, seq, &mut strings, &mut bytes);
+        encode(s, heads, &mut strings, &mut bytes);
         let back = decode(&bytes, &s.account.id, &strings).expect("decodes");
         assert_eq!(&back.state, s);
-        assert_eq!(back.last_event_seq, seq);
+        assert_eq!(back.heads, heads);
         // Encoded again, the decoded state gives the same bytes.
         let mut again = Vec::new();
-        encode(&back.state, seq, &mut strings, &mut again);
+        encode(&back.state, heads, &mut strings, &mut again);
         assert_eq!(again, bytes);
         // Every shorter prefix is refused, never misread.
         for n in 0..bytes.len() {
@@ -700,6 +710,21 @@ pub(super) mod tests {
         round_trip(&s, Some(i64::MAX));
         s.account.overage = OveragePolicy::Cap;
         round_trip(&s, Some(1));
+        // A hold chain's head beside the event chain's, with the largest
+        // overage code sharing the flags byte.
+        s.account.overage = OveragePolicy::Allow;
+        let both = ChainHeads {
+            event: Some(7),
+            hold: Some(i64::MAX),
+        };
+        round_trip_with(&s, both);
+        round_trip_with(
+            &s,
+            ChainHeads {
+                event: None,
+                hold: Some(3),
+            },
+        );
     }
 
     /// The account log's form: the same state back (without holds), and
@@ -799,7 +824,7 @@ pub(super) mod tests {
             let mut s = state("a", vec![]);
             s.account.metadata = format!("{{\"n\":{i}}}").into();
             bytes.clear();
-            encode(&s, None, &mut strings, &mut bytes);
+            encode(&s, ChainHeads::default(), &mut strings, &mut bytes);
             assert_eq!(decode(&bytes, &id("a"), &strings).unwrap().state, s);
         }
         assert_eq!(strings.all.len(), STRINGS_MAX);
@@ -811,7 +836,12 @@ pub(super) mod tests {
     fn another_accounts_entry_is_a_miss() {
         let mut strings = Strings::default();
         let mut bytes = Vec::new();
-        encode(&state("a", vec![]), None, &mut strings, &mut bytes);
+        encode(
+            &state("a", vec![]),
+            ChainHeads::default(),
+            &mut strings,
+            &mut bytes,
+        );
         assert!(decode(&bytes, &id("b"), &strings).is_none());
         assert!(decode(&bytes, &id("a"), &strings).is_some());
     }
@@ -820,28 +850,28 @@ pub(super) mod tests {
     fn changes_that_fit_are_written_in_place() {
         let mut c = Compact::new(1 << 20);
         let mut s = state("a", vec![grant(1, 1_000_000, None)]);
-        c.put(&s, Some(1));
+        c.put(&s, heads(Some(1)));
         let used = c.arena.len();
         for n in 1..100 {
             s.grants[0].remaining = Amount::from_micros(1_000_000 - n).unwrap();
-            c.put(&s, Some(1 + n));
+            c.put(&s, heads(Some(1 + n)));
             assert_eq!(c.get(&id("a")).unwrap().state, s);
         }
         assert_eq!(c.arena.len(), used, "no entry appended");
         assert_eq!(c.garbage, 0);
         // A longer state moves and leaves garbage behind.
         s.account.metadata = "x".repeat(100).into();
-        c.put(&s, Some(500));
+        c.put(&s, heads(Some(500)));
         assert_eq!(c.garbage, used);
         assert_eq!(c.get(&id("a")).unwrap().state, s);
-        assert_eq!(c.get(&id("a")).unwrap().last_event_seq, Some(500));
+        assert_eq!(c.get(&id("a")).unwrap().heads, heads(Some(500)));
     }
 
     #[test]
     fn states_with_holds_or_too_large_are_forgotten() {
         let mut c = Compact::new(1 << 20);
         let mut s = state("a", vec![]);
-        c.put(&s, None);
+        c.put(&s, ChainHeads::default());
         assert!(c.get(&id("a")).is_some());
         s.holds.push(reckon_core::Hold {
             id: "h".into(),
@@ -854,13 +884,13 @@ pub(super) mod tests {
             created_at: Timestamp::EPOCH,
             resolved_at: None,
         });
-        c.put(&s, None);
+        c.put(&s, ChainHeads::default());
         assert!(c.get(&id("a")).is_none());
         s.holds.clear();
-        c.put(&s, None);
+        c.put(&s, ChainHeads::default());
         assert!(c.get(&id("a")).is_some());
         s.account.metadata = "x".repeat(ENTRY_BYTES_MAX).into();
-        c.put(&s, None);
+        c.put(&s, ChainHeads::default());
         assert!(c.get(&id("a")).is_none());
         assert_eq!(c.len(), 0);
     }
@@ -870,7 +900,7 @@ pub(super) mod tests {
         let mut c = Compact::new(4096);
         let names: Vec<String> = (0..200).map(|i| format!("acct-{i:03}")).collect();
         for n in &names {
-            c.put(&state(n, vec![]), None);
+            c.put(&state(n, vec![]), ChainHeads::default());
         }
         let kept: Vec<&String> = names.iter().filter(|n| c.get(&id(n)).is_some()).collect();
         assert!(kept.len() > 50 && kept.len() < 200, "{}", kept.len());
@@ -886,7 +916,7 @@ pub(super) mod tests {
             let mut s = state(n, vec![]);
             s.account.metadata = "y".repeat(STRING_INTERNED_BYTES_MAX + 1).into();
             let garbage = c.garbage;
-            c.put(&s, None);
+            c.put(&s, ChainHeads::default());
             started_over |= c.garbage < garbage;
             if let Some(k) = c.get(&id(n)) {
                 assert_eq!(k.state, s);
@@ -902,21 +932,21 @@ pub(super) mod tests {
         let mut c = Compact::new(1 << 20);
         c.entries_max = 10;
         for i in 0..20 {
-            c.put(&state(&format!("a{i}"), vec![]), None);
+            c.put(&state(&format!("a{i}"), vec![]), ChainHeads::default());
         }
         assert_eq!(c.len(), 10);
         assert!(c.get(&id("a9")).is_some() && c.get(&id("a10")).is_none());
         // A kept account is still updated in place.
         let mut s = state("a3", vec![]);
         s.next_grant_seq = 9;
-        c.put(&s, None);
+        c.put(&s, ChainHeads::default());
         assert_eq!(c.get(&id("a3")).unwrap().state, s);
     }
 
     #[test]
     fn nothing_is_kept_at_zero_bytes() {
         let mut c = Compact::new(0);
-        c.put(&state("a", vec![]), None);
+        c.put(&state("a", vec![]), ChainHeads::default());
         assert!(c.get(&id("a")).is_none());
         assert_eq!(c.arena.capacity(), 0);
     }

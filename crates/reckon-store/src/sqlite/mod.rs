@@ -645,7 +645,7 @@ fn run_batch(
     }
     owners.learn(&out.writes);
     // Committed (or unchanged): the cache may keep it.
-    let head = |id: &AccountId| heads.get(id).copied().flatten();
+    let head = |id: &AccountId| heads.get(id).copied().unwrap_or_default();
     for state in out.unchanged.into_values() {
         let h = head(&state.account.id);
         cache.put(state, h);
@@ -816,8 +816,11 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Hold>, StoreError>> {
         let id = id.clone();
+        let log = self.inner.log.clone();
         Box::pin(
-            self.read(move |c| rows::load_holds(c, &id, status, now, limit.min(PAGE_SIZE_MAX))),
+            self.read(move |c| {
+                rows::load_holds(c, &log, &id, status, now, limit.min(PAGE_SIZE_MAX))
+            }),
         )
     }
 

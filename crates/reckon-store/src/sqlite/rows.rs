@@ -2,9 +2,10 @@
 //! backend lives here or in `schema.rs`.
 
 use super::account_log::{
-    self, log_columns, AccountLog, LAST_EVENT_SEQ_COLUMN, ROW_COLUMNS, STATE_COLUMN,
+    self, log_columns, AccountLog, LAST_EVENT_SEQ_COLUMN, LAST_HOLD_COLUMN, ROW_COLUMNS,
+    STATE_COLUMN,
 };
-use super::cache::{Cache, Cached};
+use super::cache::{Cache, Cached, ChainHeads};
 use super::compact;
 use crate::codec::{
     account_id, amount, decode_allocations, decode_grants, encode_allocations, encode_grants,
@@ -30,11 +31,11 @@ fn bad(what: &str, value: &str) -> StoreError {
 }
 
 const ACCOUNT_COLUMNS: &str =
-    "id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq";
+    "id, unit, status, expires_at, timezone, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants, last_event_seq, last_hold";
 
 /// An account row: the account, totals, next grant seq, live grants and the
-/// seq of its newest event.
-type AccountRow = (Account, Totals, u64, Vec<Grant>, Option<i64>);
+/// heads of its chains.
+type AccountRow = (Account, Totals, u64, Vec<Grant>, ChainHeads);
 
 /// An account row of `accounts` (its [`ACCOUNT_COLUMNS`]) or of the
 /// account log (`account_log::ROW_COLUMNS`: the same, then `state`).
@@ -42,7 +43,7 @@ fn account_row(r: &Row) -> Result<Result<AccountRow, StoreError>, rusqlite::Erro
     let id: String = r.get(0)?;
     if r.as_ref().column_count() > STATE_COLUMN {
         if let rusqlite::types::ValueRef::Blob(state) = r.get_ref(STATE_COLUMN)? {
-            return Ok(stored_row(&id, state, r.get(LAST_EVENT_SEQ_COLUMN)?));
+            return Ok(stored_row(&id, state, chain_heads(r)?));
         }
     }
     let unit: String = r.get(1)?;
@@ -50,7 +51,7 @@ fn account_row(r: &Row) -> Result<Result<AccountRow, StoreError>, rusqlite::Erro
     let overage: String = r.get(6)?;
     let (granted, used, expired): (i64, i64, i64) = (r.get(9)?, r.get(10)?, r.get(11)?);
     let grants: String = r.get(13)?;
-    let last_event_seq: Option<i64> = r.get(LAST_EVENT_SEQ_COLUMN)?;
+    let heads = chain_heads(r)?;
     let build = || -> Result<AccountRow, StoreError> {
         let account = Account {
             id: account_id(&id)?,
@@ -70,35 +71,26 @@ fn account_row(r: &Row) -> Result<Result<AccountRow, StoreError>, rusqlite::Erro
         };
         let mut grants = decode_grants(&grants)?;
         grants.sort_by_key(Grant::draw_key);
-        Ok((
-            account,
-            totals,
-            r.get::<_, i64>(12)? as u64,
-            grants,
-            last_event_seq,
-        ))
+        Ok((account, totals, r.get::<_, i64>(12)? as u64, grants, heads))
     };
     Ok(build())
 }
 
+fn chain_heads(r: &Row) -> Result<ChainHeads, rusqlite::Error> {
+    Ok(ChainHeads {
+        event: r.get(LAST_EVENT_SEQ_COLUMN)?,
+        hold: r.get(LAST_HOLD_COLUMN)?,
+    })
+}
+
 /// A log row whose state is stored compact (schema version 7 on).
-fn stored_row(
-    id: &str,
-    state: &[u8],
-    last_event_seq: Option<i64>,
-) -> Result<AccountRow, StoreError> {
+fn stored_row(id: &str, state: &[u8], heads: ChainHeads) -> Result<AccountRow, StoreError> {
     let id = account_id(id)?;
     let s =
         compact::decode_stored(state, &id).ok_or_else(|| bad("stored state of", id.as_str()))?;
     let mut grants = s.grants;
     grants.sort_by_key(Grant::draw_key);
-    Ok((
-        s.account,
-        s.totals,
-        s.next_grant_seq,
-        grants,
-        last_event_seq,
-    ))
+    Ok((s.account, s.totals, s.next_grant_seq, grants, heads))
 }
 
 const HOLD_COLUMNS: &str =
@@ -234,18 +226,18 @@ fn newest_row(
     ))
 }
 
-/// [`load_account`], plus the seq of the account's newest event.
+/// [`load_account`], plus the heads of the account's chains.
 pub(super) fn load_account_and_head(
     conn: &Connection,
     reads: &mut AccountReads<'_>,
     log: &AccountLog,
     id: &AccountId,
     targets: &BTreeSet<String>,
-) -> Result<Option<(AccountState, Option<i64>)>, StoreError> {
+) -> Result<Option<(AccountState, ChainHeads)>, StoreError> {
     let Some(row) = newest_row(conn, reads, log, id)? else {
         return Ok(None);
     };
-    let (account, totals, next_grant_seq, grants, last_event_seq) = row;
+    let (account, totals, next_grant_seq, grants, heads) = row;
     let mut holds = collect(reads.open_holds.query_map([id.as_str()], hold_row)?)?;
     for target in targets {
         if !holds.iter().any(|h| &h.id == target) {
@@ -265,7 +257,7 @@ pub(super) fn load_account_and_head(
             holds,
             next_grant_seq,
         },
-        last_event_seq,
+        heads,
     )))
 }
 
@@ -390,26 +382,38 @@ pub fn load_hold(conn: &Connection, hold_id: &str) -> Result<Option<Hold>, Store
         .transpose()
 }
 
+/// An account's holds, newest first, walking its hold chain from the head
+/// in its newest row (see [`write_account`]), with `status` as of `now`.
 pub fn load_holds(
     conn: &Connection,
+    log: &AccountLog,
     id: &AccountId,
     status: Option<HoldStatus>,
     now: Timestamp,
     limit: usize,
 ) -> Result<Vec<Hold>, StoreError> {
-    let filter = crate::codec::hold_status_filter(status, "?2");
-    let sql = format!(
-        // `?2 = ?2` keeps the parameter bound when the filter does not use it.
-        "SELECT {HOLD_COLUMNS} FROM holds WHERE account_id = ?1 AND {filter} AND ?2 = ?2 ORDER BY created_at DESC, id LIMIT ?3"
-    );
-    let mut holds = collect(
-        conn.prepare_cached(&sql)?
-            .query_map(params![id.as_str(), now.millis(), limit as i64], hold_row)?,
-    )?;
-    for h in &mut holds {
-        h.status = h.status_at(now);
+    log.catch_up(conn)?;
+    let mut next = newest_heads(conn, log, id)?.hold;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {HOLD_COLUMNS}, prev_hold FROM holds WHERE rowid = ?1"
+    ))?;
+    let mut out = Vec::with_capacity(limit.min(PAGE_SIZE_HINT));
+    while let Some(rowid) = next.filter(|_| out.len() < limit) {
+        let (hold, prev) = stmt
+            .query_row([rowid], |r| Ok((hold_row(r)?, r.get::<_, Option<i64>>(9)?)))
+            .optional()?
+            .ok_or_else(|| bad("hold chain names a missing hold", &rowid.to_string()))?;
+        let mut hold = hold?;
+        if &hold.account_id != id || prev.is_some_and(|p| p >= rowid) {
+            return Err(bad("hold chain is broken at", &rowid.to_string()));
+        }
+        hold.status = hold.status_at(now);
+        if status.is_none_or(|s| hold.status == s) {
+            out.push(hold);
+        }
+        next = prev;
     }
-    Ok(holds)
+    Ok(out)
 }
 
 pub fn open_holds(
@@ -424,9 +428,9 @@ pub fn open_holds(
     )
 }
 
-/// The seq of each prefetched account's newest event: the head of its event
-/// chain, which the batch's first event for the account points back to.
-pub type Heads = IdMap<AccountId, Option<i64>>;
+/// The heads of each prefetched account's chains, which the batch's first
+/// event and first hold for the account point back to.
+pub type Heads = IdMap<AccountId, ChainHeads>;
 
 /// Loads what `plan` names: accounts from the writer's cache when there,
 /// else from the database; holds the batch targets; idempotency records
@@ -450,10 +454,7 @@ pub fn prefetch(
     for id in &plan.accounts {
         let targets = plan.target_holds.get(id).unwrap_or(&none);
         let loaded = match cache.take(id) {
-            Some(Cached {
-                mut state,
-                last_event_seq,
-            }) => {
+            Some(Cached { mut state, heads }) => {
                 for target in targets {
                     if !state.holds.iter().any(|h| &h.id == target) {
                         if let Some(h) = load_hold(conn, target)?.filter(|h| &h.account_id == id) {
@@ -461,7 +462,7 @@ pub fn prefetch(
                         }
                     }
                 }
-                Some((state, last_event_seq))
+                Some((state, heads))
             }
             None => {
                 let reads = match &mut reads {
@@ -503,7 +504,7 @@ pub fn write_batch<'w>(
     };
     let mut logged = LogRows::default();
     for w in &writes.accounts {
-        let head = heads.get(&w.after.account.id).copied().flatten();
+        let head = heads.entry(w.after.account.id.clone()).or_default();
         write_account(&mut statements, &mut logged, w, head)?;
     }
     for (id, due) in &writes.swept_due {
@@ -519,16 +520,15 @@ pub fn write_batch<'w>(
 #[derive(Default)]
 struct LogRows<'a> {
     states: Vec<u8>,
-    rows: Vec<(&'a str, Option<i64>, std::ops::Range<usize>)>,
+    rows: Vec<(&'a str, ChainHeads, std::ops::Range<usize>)>,
 }
 
 impl<'a> LogRows<'a> {
-    fn push(&mut self, s: &'a AccountState, last_event_seq: Option<i64>) {
+    fn push(&mut self, s: &'a AccountState, heads: ChainHeads) {
         let start = self.states.len();
         compact::encode_stored(s, &mut self.states);
         let end = self.states.len();
-        self.rows
-            .push((s.account.id.as_str(), last_event_seq, start..end));
+        self.rows.push((s.account.id.as_str(), heads, start..end));
     }
 
     fn write(
@@ -539,9 +539,9 @@ impl<'a> LogRows<'a> {
         let rows: Vec<account_log::NewRow> = self
             .rows
             .iter()
-            .map(|(id, last_event_seq, state)| account_log::NewRow {
+            .map(|(id, heads, state)| account_log::NewRow {
                 id,
-                last_event_seq: *last_event_seq,
+                heads: *heads,
                 state: &self.states[state.clone()],
             })
             .collect();
@@ -556,13 +556,13 @@ const SET_DUE: &str = "UPDATE accounts SET next_due = ?2 WHERE id = ?1";
 const INSERT_ACCOUNT: &str = concat!(
     "INSERT INTO accounts (",
     log_columns!(),
-    ", next_due) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+    ", next_due) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
 );
 const UPDATE_HOLD: &str =
     "UPDATE holds SET status = ?2, allocations = ?3, settled_amount = ?4, resolved_at = ?5 WHERE id = ?1";
 const INSERT_HOLD: &str =
-    "INSERT INTO holds (id, account_id, amount, status, expires_at, allocations, settled_amount, created_at, resolved_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+    "INSERT INTO holds (id, account_id, amount, status, expires_at, allocations, settled_amount, created_at, resolved_at, prev_hold)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 const INSERT_EVENT: &str =
     "INSERT INTO events (account_id, kind, amount, available_after, at, prev_seq, grant_id, hold_id, idempotency_key, attributes)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
@@ -580,21 +580,56 @@ struct AccountStatements<'c> {
     insert_hold: CachedStatement<'c>,
 }
 
-/// Writes an account's new state; `last_event_seq` is the head of its event
-/// chain after this batch's events. A new account is a row in `accounts`;
-/// an existing one's state goes to the account log, with the batch's
-/// other rows (`logged`).
+/// Writes an account's new state; `heads` are its chains' heads after this
+/// batch's events. Holds first: each new one points back to the account's
+/// previous hold (`prev_hold`) and becomes the head, so an account's holds
+/// are a chain from its row, as its events are, and need no index on
+/// (account, time), where every lock inserted at a random page (half the
+/// pages a `lock-settle` commit wrote; docs/performance-log.md). Then the
+/// row, with the heads: a new account is a row in `accounts`; an existing
+/// one's state goes to the account log, with the batch's other rows
+/// (`logged`).
 fn write_account<'a>(
     statements: &mut AccountStatements,
     logged: &mut LogRows<'a>,
     w: &'a AccountWrite,
-    last_event_seq: Option<i64>,
+    heads: &mut ChainHeads,
 ) -> Result<(), StoreError> {
     let s = &w.after;
     let a = &s.account;
+    let before_holds = w.before.as_ref().map_or(&[][..], |b| &b.holds[..]);
+    for h in &s.holds {
+        match before_holds.iter().find(|old| old.id == h.id) {
+            Some(old) if old == h => {}
+            // Resolved (or re-allocated) in this batch: only these change.
+            Some(_) => {
+                statements.update_hold.execute(params![
+                    h.id,
+                    h.status.as_str(),
+                    encode_allocations(&h.allocations),
+                    h.settled_amount.micros(),
+                    h.resolved_at.map(Timestamp::millis),
+                ])?;
+            }
+            None => {
+                heads.hold = Some(statements.insert_hold.insert(params![
+                    h.id,
+                    a.id.as_str(),
+                    h.amount.micros(),
+                    h.status.as_str(),
+                    h.expires_at.millis(),
+                    encode_allocations(&h.allocations),
+                    h.settled_amount.micros(),
+                    h.created_at.millis(),
+                    h.resolved_at.map(Timestamp::millis),
+                    heads.hold,
+                ])?);
+            }
+        }
+    }
     let due = next_due(s);
     if let Some(before) = &w.before {
-        logged.push(s, last_event_seq);
+        logged.push(s, *heads);
         if next_due(before) != due
             && statements
                 .set_due
@@ -623,7 +658,8 @@ fn write_account<'a>(
             s.totals.expired.micros(),
             s.next_grant_seq as i64,
             grants,
-            last_event_seq,
+            heads.event,
+            heads.hold,
         ];
         let insert = &mut statements.insert;
         for (i, value) in row.iter().enumerate() {
@@ -631,35 +667,6 @@ fn write_account<'a>(
         }
         insert.raw_bind_parameter(row.len() + 1, due.map(Timestamp::millis))?;
         insert.raw_execute()?;
-    }
-    let before_holds = w.before.as_ref().map_or(&[][..], |b| &b.holds[..]);
-    for h in &s.holds {
-        match before_holds.iter().find(|old| old.id == h.id) {
-            Some(old) if old == h => {}
-            // Resolved (or re-allocated) in this batch: only these change.
-            Some(_) => {
-                statements.update_hold.execute(params![
-                    h.id,
-                    h.status.as_str(),
-                    encode_allocations(&h.allocations),
-                    h.settled_amount.micros(),
-                    h.resolved_at.map(Timestamp::millis),
-                ])?;
-            }
-            None => {
-                statements.insert_hold.execute(params![
-                    h.id,
-                    a.id.as_str(),
-                    h.amount.micros(),
-                    h.status.as_str(),
-                    h.expires_at.millis(),
-                    encode_allocations(&h.allocations),
-                    h.settled_amount.micros(),
-                    h.created_at.millis(),
-                    h.resolved_at.map(Timestamp::millis),
-                ])?;
-            }
-        }
     }
     Ok(())
 }
@@ -687,7 +694,7 @@ fn append_events(
             e.amount.micros(),
             e.available_after.micros(),
             e.at.millis(),
-            *head,
+            head.event,
         ];
         let seq = if (&e.grant_id, &e.hold_id, &w.idempotency_key, &w.attributes)
             == (&None, &None, &None, &None)
@@ -701,7 +708,7 @@ fn append_events(
             insert.raw_execute()?;
             conn.last_insert_rowid()
         };
-        *head = Some(seq);
+        head.event = Some(seq);
     }
     Ok(())
 }
@@ -720,10 +727,13 @@ pub fn append_event_and_link(
     let mut reads = AccountReads::prepare(conn)?;
     let newest = newest_row(conn, &mut reads, log, id)?;
     drop(reads);
-    let prev = newest.as_ref().and_then(|(.., head)| *head);
+    let prev = newest
+        .as_ref()
+        .map(|(.., heads)| *heads)
+        .unwrap_or_default();
     let mut heads = Heads::from_iter([(id.clone(), prev)]);
     append_events(conn, std::slice::from_ref(w), &mut heads)?;
-    let seq = heads[id].expect("the event just appended");
+    let seq = heads[id].event.expect("the event just appended");
     match newest {
         Some((account, totals, next_grant_seq, grants, _)) if log.newest(id).is_some() => {
             let state = AccountState {
@@ -734,7 +744,7 @@ pub fn append_event_and_link(
                 next_grant_seq,
             };
             let mut logged = LogRows::default();
-            logged.push(&state, Some(seq));
+            logged.push(&state, heads[id]);
             // Not committed yet: the next catch-up reads it back.
             let _ = logged.write(conn, log)?;
         }
@@ -746,15 +756,18 @@ pub fn append_event_and_link(
     Ok(seq)
 }
 
-/// The seq of an account's newest event (`None` if it has none or does not
-/// exist), from its newest row.
-fn newest_head(
+/// The heads of an account's chains (none if it does not exist), from its
+/// newest row.
+fn newest_heads(
     conn: &Connection,
     log: &AccountLog,
     id: &AccountId,
-) -> Result<Option<i64>, StoreError> {
+) -> Result<ChainHeads, StoreError> {
     let mut reads = AccountReads::prepare(conn)?;
-    Ok(newest_row(conn, &mut reads, log, id)?.and_then(|(.., head)| head))
+    Ok(
+        newest_row(conn, &mut reads, log, id)?
+            .map_or_else(ChainHeads::default, |(.., heads)| heads),
+    )
 }
 
 pub fn load_accounts(
@@ -797,7 +810,7 @@ pub fn load_events(
     limit: usize,
 ) -> Result<Vec<StoredEvent>, StoreError> {
     log.catch_up(conn)?;
-    let mut next = newest_head(conn, log, id)?;
+    let mut next = newest_heads(conn, log, id)?.event;
     if let Some(before) = before {
         let cursor: Option<(String, Option<i64>)> = conn
             .prepare_cached("SELECT account_id, prev_seq FROM events WHERE seq = ?1")?

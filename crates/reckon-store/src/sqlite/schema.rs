@@ -166,6 +166,32 @@ ALTER TABLE account_log ADD COLUMN state BLOB;
     r#"
 ALTER TABLE account_log ADD COLUMN written INTEGER;
 "#,
+    // An account's holds become a chain, as its events did (each hold
+    // points to the account's previous one, the account's row to its
+    // newest), instead of the index on (account_id, created_at): every lock
+    // inserted into that index at a random page, half the pages a
+    // `lock-settle` commit wrote (docs/performance-log.md). Holds are never
+    // deleted, so a chain never breaks. Chains are built in one sorted pass
+    // (a lookup of each hold's predecessor would walk the account's holds
+    // once per hold: quadratic for an account that locks all day). Only
+    // accounts with holds get a head; their older log rows get one too,
+    // which nothing reads.
+    r#"
+ALTER TABLE holds ADD COLUMN prev_hold INTEGER;
+ALTER TABLE accounts ADD COLUMN last_hold INTEGER;
+ALTER TABLE account_log ADD COLUMN last_hold INTEGER;
+UPDATE holds SET prev_hold = chained.prev
+    FROM (SELECT rowid AS hold, lag(rowid) OVER (PARTITION BY account_id ORDER BY rowid) AS prev
+          FROM holds) AS chained
+    WHERE holds.rowid = chained.hold AND chained.prev IS NOT NULL;
+UPDATE accounts SET last_hold = newest.hold
+    FROM (SELECT account_id, max(rowid) AS hold FROM holds GROUP BY account_id) AS newest
+    WHERE accounts.id = newest.account_id;
+UPDATE account_log SET last_hold = newest.hold
+    FROM (SELECT account_id, max(rowid) AS hold FROM holds GROUP BY account_id) AS newest
+    WHERE account_log.id = newest.account_id;
+DROP INDEX holds_account;
+"#,
 ];
 
 /// Brings the database up to the newest schema; returns how many migrations ran.
@@ -247,5 +273,76 @@ mod tests {
             )
             .unwrap();
         assert_eq!(index, 0, "the per-event index is gone");
+    }
+
+    /// Holds kept before they were chained (schema version 8, with the
+    /// `holds_account` index) get their chains and heads built, and list
+    /// newest first as the index listed them.
+    #[test]
+    fn hold_chaining_migration_keeps_the_listing() {
+        let mut conn = database_at(8);
+        for name in ["a", "b"] {
+            conn.execute(
+                "INSERT INTO accounts (id, unit, status, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants)
+                 VALUES (?1, 'unit', 'active', '{}', 'reject', 0, 0, 0, 0, 0, 0, '')",
+                [name],
+            )
+            .unwrap();
+        }
+        // b also has a row in the account log (its columns, as before schema 7).
+        conn.execute(
+            "INSERT INTO account_log (id, unit, status, metadata, overage, created_at, updated_at, granted, used, expired, next_grant_seq, grants)
+             VALUES ('b', 'unit', 'active', '{}', 'reject', 0, 0, 0, 0, 0, 0, '')",
+            [],
+        )
+        .unwrap();
+        for (i, (hold, name, status)) in [
+            ("h1", "a", "settled"),
+            ("h2", "b", "held"),
+            ("h3", "a", "released"),
+            ("h4", "a", "held"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            conn.execute(
+                "INSERT INTO holds (id, account_id, amount, status, expires_at, allocations, settled_amount, created_at)
+                 VALUES (?1, ?2, 1, ?3, 1000000, '', 0, ?4)",
+                rusqlite::params![hold, name, status, i as i64],
+            )
+            .unwrap();
+        }
+        assert_eq!(migrate(&mut conn).unwrap(), MIGRATIONS.len() - 8);
+        let list =
+            |name: &str, status: Option<reckon_core::HoldStatus>, limit: usize| -> Vec<String> {
+                let id = AccountId::parse(name).unwrap();
+                let log = super::super::account_log::AccountLog::default();
+                let now = reckon_core::Timestamp::from_millis(0);
+                super::super::rows::load_holds(&conn, &log, &id, status, now, limit)
+                    .unwrap()
+                    .into_iter()
+                    .map(|h| h.id)
+                    .collect()
+            };
+        assert_eq!(list("a", None, 10), ["h4", "h3", "h1"]);
+        assert_eq!(list("a", None, 2), ["h4", "h3"]);
+        assert_eq!(list("a", Some(reckon_core::HoldStatus::Held), 10), ["h4"]);
+        assert_eq!(list("b", None, 10), ["h2"]);
+        let head: Option<i64> = conn
+            .query_row(
+                "SELECT last_hold FROM account_log WHERE id = 'b'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(head, Some(2), "the log row has the head too");
+        let index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'holds_account'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 0, "the index is gone");
     }
 }

@@ -380,7 +380,7 @@ async fn fill_keeps_what_a_miss_would_read() {
             .unwrap();
             match cache.take(&id(n)) {
                 Some(cached) => {
-                    assert_eq!((cached.state, cached.last_event_seq), miss, "acct-{n}");
+                    assert_eq!((cached.state, cached.heads), miss, "acct-{n}");
                     kept += 1;
                 }
                 None => assert!(!all || held(n), "acct-{n} not kept"),
