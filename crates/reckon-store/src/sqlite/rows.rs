@@ -95,6 +95,9 @@ fn stored_row(id: &str, state: &[u8], heads: ChainHeads) -> Result<AccountRow, S
 
 const HOLD_COLUMNS: &str =
     "id, account_id, amount, status, expires_at, allocations, settled_amount, created_at, resolved_at";
+/// How many columns [`HOLD_COLUMNS`] names: a column selected after them
+/// (`prev_hold`, in [`load_holds`]) is at this index.
+const HOLD_COLUMN_COUNT: usize = 9;
 
 fn hold_row(r: &Row) -> Result<Result<Hold, StoreError>, rusqlite::Error> {
     let (id, acct, a, status, expires_at, allocs, settled, created_at, resolved_at): (
@@ -400,7 +403,9 @@ pub fn load_holds(
     let mut out = Vec::with_capacity(limit.min(PAGE_SIZE_HINT));
     while let Some(rowid) = next.filter(|_| out.len() < limit) {
         let (hold, prev) = stmt
-            .query_row([rowid], |r| Ok((hold_row(r)?, r.get::<_, Option<i64>>(9)?)))
+            .query_row([rowid], |r| {
+                Ok((hold_row(r)?, r.get::<_, Option<i64>>(HOLD_COLUMN_COUNT)?))
+            })
             .optional()?
             .ok_or_else(|| bad("hold chain names a missing hold", &rowid.to_string()))?;
         let mut hold = hold?;
