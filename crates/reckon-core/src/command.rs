@@ -243,3 +243,178 @@ impl Command {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> AccountId {
+        AccountId::parse(text).unwrap()
+    }
+
+    fn amount(micros: i64) -> Amount {
+        Amount::from_micros(micros).unwrap()
+    }
+
+    /// Each command's canonical text is hashed into the fingerprint stored
+    /// with its idempotency record (`Request::fingerprint`). If a new build
+    /// wrote any of these differently, a client retrying a request it sent
+    /// before the upgrade would get 409 `idempotency_conflict` instead of
+    /// its first answer (for nilauth-credit's unlock, a 400). So these
+    /// texts are a stored format: change one only with a way to match the
+    /// old form.
+    #[test]
+    fn canonical_texts_are_a_stored_format() {
+        let at = Some(Timestamp::from_millis(1_700_000_000_000));
+        let cases = [
+            (
+                Command::CreateAccount(CreateAccount {
+                    id: id("acct-1"),
+                    unit: Unit::parse("USD").unwrap(),
+                    expires_at: at,
+                    timezone: Some("Europe/Paris".into()),
+                    metadata: r#"{"plan":"pro"}"#.into(),
+                    overage: OveragePolicy::Cap,
+                }),
+                r#"create_account|acct-1|USD|1700000000000|Europe/Paris|{"plan":"pro"}|cap"#,
+            ),
+            (
+                Command::CreateAccount(CreateAccount {
+                    id: id("acct-1"),
+                    unit: Unit::parse("USD").unwrap(),
+                    expires_at: None,
+                    timezone: None,
+                    metadata: "{}".into(),
+                    overage: OveragePolicy::Reject,
+                }),
+                "create_account|acct-1|USD|-|-|{}|reject",
+            ),
+            (
+                Command::UpdateAccount(UpdateAccount {
+                    id: id("acct-1"),
+                    expires_at: None,
+                    status: None,
+                    metadata: None,
+                    overage: None,
+                }),
+                "update_account|acct-1|keep|keep|keep|keep",
+            ),
+            (
+                Command::UpdateAccount(UpdateAccount {
+                    id: id("acct-1"),
+                    expires_at: Some(None),
+                    status: Some(AccountStatus::Suspended),
+                    metadata: Some("{}".into()),
+                    overage: Some(OveragePolicy::Allow),
+                }),
+                "update_account|acct-1|-|suspended|{}|allow",
+            ),
+            (
+                Command::UpdateAccount(UpdateAccount {
+                    id: id("acct-1"),
+                    expires_at: Some(at),
+                    status: Some(AccountStatus::Active),
+                    metadata: None,
+                    overage: None,
+                }),
+                "update_account|acct-1|1700000000000|active|keep|keep",
+            ),
+            (
+                Command::Grant(GrantCmd {
+                    account: id("acct-1"),
+                    grant_id: "generated, so left out".into(),
+                    amount: amount(50_000_000),
+                    expiry: GrantExpiry::AfterSecs(2_592_000),
+                    source: "monthly".into(),
+                }),
+                "grant|acct-1|50000000|+2592000s|monthly",
+            ),
+            (
+                Command::Grant(GrantCmd {
+                    account: id("acct-1"),
+                    grant_id: "g".into(),
+                    amount: amount(1),
+                    expiry: GrantExpiry::At(Timestamp::from_millis(5)),
+                    source: String::new(),
+                }),
+                "grant|acct-1|1|5|",
+            ),
+            (
+                Command::Grant(GrantCmd {
+                    account: id("acct-1"),
+                    grant_id: "g".into(),
+                    amount: amount(1),
+                    expiry: GrantExpiry::Never,
+                    source: "s".into(),
+                }),
+                "grant|acct-1|1|-|s",
+            ),
+            (
+                Command::Usage(UsageCmd {
+                    account: id("acct-1"),
+                    amount: amount(12_340_000),
+                }),
+                "usage|acct-1|12340000",
+            ),
+            (
+                Command::Lock(LockCmd {
+                    account: id("acct-1"),
+                    hold_id: "generated, so left out".into(),
+                    amount: amount(2),
+                    ttl_secs: 300,
+                }),
+                "lock|acct-1|2|300",
+            ),
+            (
+                Command::Settle(SettleCmd {
+                    account: id("acct-1"),
+                    hold_id: "h-1".into(),
+                    amount: amount(1),
+                    overage: SettleOverage::Account,
+                }),
+                "settle|acct-1|h-1|1|-",
+            ),
+            (
+                Command::Settle(SettleCmd {
+                    account: id("acct-1"),
+                    hold_id: "h-1".into(),
+                    amount: amount(1),
+                    overage: SettleOverage::Override(OveragePolicy::Allow),
+                }),
+                "settle|acct-1|h-1|1|allow",
+            ),
+            (
+                Command::Settle(SettleCmd {
+                    account: id("acct-1"),
+                    hold_id: "h-1".into(),
+                    amount: amount(0),
+                    overage: SettleOverage::AccountOrCap,
+                }),
+                "settle|acct-1|h-1|0|account-or-cap",
+            ),
+            (
+                Command::Release(ReleaseCmd {
+                    account: id("acct-1"),
+                    hold_id: "h-1".into(),
+                }),
+                "release|acct-1|h-1",
+            ),
+            (
+                Command::Sweep {
+                    account: id("acct-1"),
+                },
+                "sweep|acct-1",
+            ),
+            (
+                Command::Check {
+                    account: id("acct-1"),
+                    amount: amount(50_000),
+                },
+                "check|acct-1|50000",
+            ),
+        ];
+        for (command, text) in cases {
+            assert_eq!(command.canonical(), text, "{}", command.name());
+        }
+    }
+}

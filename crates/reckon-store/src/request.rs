@@ -102,7 +102,10 @@ mod tests {
     use reckon_core::{Amount, UsageCmd};
 
     /// Fingerprints are stored with idempotency records, so a new build must
-    /// compute the same text for the same request: lowercase hex of SHA-256.
+    /// compute the same text for the same request: lowercase hex of SHA-256
+    /// over the command's canonical text (pinned for every command in
+    /// reckon-core's `canonical_texts_are_a_stored_format`) and the
+    /// attributes.
     #[test]
     fn fingerprint_is_the_stored_format() {
         let mut request = Request::new(Command::Usage(UsageCmd {
