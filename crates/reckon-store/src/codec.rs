@@ -477,6 +477,49 @@ mod tests {
         assert!(decode_outcome("2\t1\t2\t3\t4\t5\nx\ty", &account()).is_err());
     }
 
+    /// Outcomes are stored with idempotency records and decoded when a
+    /// retry is answered, so texts an old build wrote must still decode to
+    /// the same answer (and a new build must write them the same way).
+    #[test]
+    fn text_outcomes_are_a_stored_format() {
+        let balance = Balance {
+            granted: micros(10_000_000),
+            used: micros(2_500_000),
+            held: micros(0),
+            available: micros(7_500_000),
+            expired: micros(0),
+        };
+        let settled = Outcome {
+            account: account(),
+            balance,
+            grant: None,
+            hold: Some(Hold {
+                id: "0190b3c4-0000-7000-8000-000000000001".into(),
+                account_id: account().id,
+                amount: micros(1_000_000),
+                status: HoldStatus::Settled,
+                expires_at: Timestamp::from_millis(1_700_000_060_000),
+                allocations: vec![],
+                settled_amount: micros(700_000),
+                created_at: Timestamp::from_millis(1_700_000_000_200),
+                resolved_at: Some(Timestamp::from_millis(1_700_000_001_000)),
+            }),
+            check: None,
+        };
+        let text = "2\t10000000\t2500000\t0\t7500000\t0\n\
+                    h\t0190b3c4-0000-7000-8000-000000000001\t1000000\tsettled\t1700000060000\t\t700000\t1700000000200\t1700000001000";
+        assert_eq!(encode_outcome(&settled), text);
+        assert_eq!(decode_outcome(text, &account()).unwrap(), settled);
+
+        let usage = Outcome {
+            hold: None,
+            ..settled
+        };
+        let text = "2\t10000000\t2500000\t0\t7500000\t0";
+        assert_eq!(encode_outcome(&usage), text);
+        assert_eq!(decode_outcome(text, &account()).unwrap(), usage);
+    }
+
     /// JSON records (PostgreSQL's, and SQLite's before the compact format)
     /// decode with the account they carry, as it was stored.
     #[test]
@@ -491,6 +534,49 @@ mod tests {
             Timestamp::from_millis(1_700_000_000_001)
         );
         assert_eq!((o.grant, o.hold), (None, None));
+    }
+
+    /// Grants and allocations are stored in these texts (in account rows and
+    /// holds), so a new build must read what an old one wrote: a change to
+    /// either side alone would fail here, not in a round trip.
+    #[test]
+    fn grants_and_allocations_are_a_stored_format() {
+        let grant = Grant {
+            id: "0190b3c4-0000-7000-8000-00000000000a".into(),
+            seq: 2,
+            amount: micros(50_000_000),
+            remaining: micros(37_660_000),
+            expires_at: Some(Timestamp::from_millis(1_702_592_000_000)),
+            source: "monthly".into(),
+            created_at: Timestamp::from_millis(1_700_000_000_000),
+        };
+        let never = Grant {
+            id: "g-2".into(),
+            seq: 3,
+            expires_at: None,
+            source: "".into(),
+            ..grant.clone()
+        };
+        let grants = vec![grant, never];
+        let text = "0190b3c4-0000-7000-8000-00000000000a\t2\t50000000\t37660000\t1702592000000\t1700000000000\tmonthly\n\
+                    g-2\t3\t50000000\t37660000\t-\t1700000000000\t";
+        assert_eq!(encode_grants(&grants), text);
+        assert_eq!(decode_grants(text).unwrap(), grants);
+
+        let allocations = vec![
+            Allocation {
+                grant_id: "g-1".into(),
+                amount: micros(400_000),
+            },
+            Allocation {
+                grant_id: "g-2".into(),
+                amount: micros(600_000),
+            },
+        ];
+        let text = "g-1=400000;g-2=600000";
+        assert_eq!(encode_allocations(&allocations), text);
+        assert_eq!(decode_allocations(text).unwrap(), allocations);
+        assert_eq!(decode_allocations("").unwrap(), vec![]);
     }
 
     #[test]

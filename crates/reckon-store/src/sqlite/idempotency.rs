@@ -208,6 +208,22 @@ mod tests {
     use reckon_core::Timestamp;
     use std::sync::Arc;
 
+    /// Records are found by this hash, so a build that computed it
+    /// differently would miss every record made before it, and apply a
+    /// retried request a second time. The values were computed apart from
+    /// this code, from the definition on `key_hash` (Python's `hashlib`).
+    #[test]
+    fn key_hash_is_a_stored_format() {
+        assert_eq!(key_hash("acct-1", "req_abc123"), 1_809_517_226_348_867_493);
+        assert_eq!(
+            key_hash("user123", "nilauth-unlock:01a2:1000000"),
+            -4_801_470_082_706_236_802
+        );
+        // The id's length is hashed, so moving bytes between id and key
+        // changes the hash.
+        assert_ne!(key_hash("ab", "c"), key_hash("a", "bc"));
+    }
+
     fn log_with(created_at: &[i64]) -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
         super::super::schema::migrate(&mut conn).unwrap();
