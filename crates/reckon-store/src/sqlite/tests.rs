@@ -37,6 +37,17 @@ fn id(n: u64) -> AccountId {
     AccountId::parse(&format!("acct-{n}")).unwrap()
 }
 
+/// A grant to account `n` that never expires.
+fn grant_to(n: u64, amount: Amount) -> Command {
+    Command::Grant(GrantCmd {
+        account: id(n),
+        grant_id: format!("g-{n}"),
+        amount,
+        expiry: GrantExpiry::Never,
+        source: "manual".into(),
+    })
+}
+
 /// A new account counting credits, with the defaults (tests elsewhere in
 /// `sqlite` use it too).
 pub(super) fn credits_account(id: AccountId) -> Command {
@@ -317,13 +328,7 @@ async fn fill_keeps_what_a_miss_would_read() {
         .filter(|&n| changed(n))
         .flat_map(|n| {
             let mut commands = vec![
-                Command::Grant(GrantCmd {
-                    account: id(n),
-                    grant_id: format!("g-{n}"),
-                    amount: Amount::from_units(100).unwrap(),
-                    expiry: GrantExpiry::Never,
-                    source: "manual".into(),
-                }),
+                grant_to(n, Amount::from_units(100).unwrap()),
                 Command::Usage(UsageCmd {
                     account: id(n),
                     amount: Amount::from_micros(1_500_000).unwrap(),
@@ -504,13 +509,7 @@ async fn reads_racing_the_ring_never_fail_or_go_back() {
         .flat_map(|n| {
             [
                 credits_account(id(n)),
-                Command::Grant(GrantCmd {
-                    account: id(n),
-                    grant_id: format!("g-{n}"),
-                    amount: Amount::from_micros(1_000_000_000_000).unwrap(),
-                    expiry: GrantExpiry::Never,
-                    source: "manual".into(),
-                }),
+                grant_to(n, Amount::from_micros(1_000_000_000_000).unwrap()),
             ]
         })
         .map(Request::new)
