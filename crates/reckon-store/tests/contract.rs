@@ -440,6 +440,11 @@ async fn holds_list_newest_first(h: Harness) {
         [pair("h4", HoldStatus::Held), pair("h3", HoldStatus::Held)]
     );
     assert_eq!(
+        list("a", Some(HoldStatus::Held), 1).await,
+        [pair("h4", HoldStatus::Held)]
+    );
+    assert!(list("b", Some(HoldStatus::Settled), 10).await.is_empty());
+    assert_eq!(
         list("a", Some(HoldStatus::Expired), 10).await,
         [pair("h2", HoldStatus::Expired)]
     );
