@@ -394,6 +394,20 @@ mod tests {
         Amount::from_micros(n).unwrap()
     }
 
+    /// A hold's draw from two grants: 0.4 from g-1, 0.6 from g-2.
+    fn two_allocations() -> Vec<Allocation> {
+        vec![
+            Allocation {
+                grant_id: "g-1".into(),
+                amount: micros(400_000),
+            },
+            Allocation {
+                grant_id: "g-2".into(),
+                amount: micros(600_000),
+            },
+        ]
+    }
+
     #[test]
     fn outcomes_round_trip_without_the_account() {
         let balance = Balance {
@@ -422,16 +436,7 @@ mod tests {
                 HoldStatus::Held
             },
             expires_at: Timestamp::from_millis(1_700_000_060_000),
-            allocations: vec![
-                Allocation {
-                    grant_id: "g-1".into(),
-                    amount: micros(400_000),
-                },
-                Allocation {
-                    grant_id: "g-2".into(),
-                    amount: micros(600_000),
-                },
-            ],
+            allocations: two_allocations(),
             settled_amount: micros(resolved.map_or(0, |_| 700_000)),
             created_at: Timestamp::from_millis(1_700_000_000_200),
             resolved_at: resolved.map(Timestamp::from_millis),
@@ -563,16 +568,7 @@ mod tests {
         assert_eq!(encode_grants(&grants), text);
         assert_eq!(decode_grants(text).unwrap(), grants);
 
-        let allocations = vec![
-            Allocation {
-                grant_id: "g-1".into(),
-                amount: micros(400_000),
-            },
-            Allocation {
-                grant_id: "g-2".into(),
-                amount: micros(600_000),
-            },
-        ];
+        let allocations = two_allocations();
         let text = "g-1=400000;g-2=600000";
         assert_eq!(encode_allocations(&allocations), text);
         assert_eq!(decode_allocations(text).unwrap(), allocations);

@@ -34,6 +34,18 @@ fn name(i: usize) -> String {
     format!("acct-{i}")
 }
 
+/// Batch operations creating accounts 0..n, each granted 1,000,000.
+fn funded_accounts(n: usize) -> Vec<Value> {
+    (0..n)
+        .flat_map(|i| {
+            [
+                json!({"op": "create_account", "account_id": name(i), "unit": "credits"}),
+                json!({"op": "grant", "account_id": name(i), "amount": "1000000"}),
+            ]
+        })
+        .collect()
+}
+
 /// Runs one `/v1/batch` call and asserts every operation succeeded.
 async fn batch(client: &reqwest::Client, base: &str, ops: Vec<Value>) {
     let resp = client
@@ -57,14 +69,7 @@ async fn acknowledged_usage_survives_sigkill_while_the_ring_is_rewritten() {
     let database = format!("sqlite:{}", path.display());
     let client = reqwest::Client::new();
     let server = start(&database);
-    let setup: Vec<Value> = (0..ACCOUNTS)
-        .flat_map(|i| {
-            [
-                json!({"op": "create_account", "account_id": name(i), "unit": "credits"}),
-                json!({"op": "grant", "account_id": name(i), "amount": "1000000"}),
-            ]
-        })
-        .collect();
+    let setup = funded_accounts(ACCOUNTS);
     for chunk in setup.chunks(OPS) {
         batch(&client, &server.base, chunk.to_vec()).await;
     }
@@ -175,15 +180,7 @@ async fn acknowledged_holds_survive_sigkill_mid_load() {
     let database = format!("sqlite:{}", dir.path().join("reckon.db").display());
     let client = reqwest::Client::new();
     let server = start(&database);
-    let setup: Vec<Value> = (0..HOLD_ACCOUNTS)
-        .flat_map(|i| {
-            [
-                json!({"op": "create_account", "account_id": name(i), "unit": "credits"}),
-                json!({"op": "grant", "account_id": name(i), "amount": "1000000"}),
-            ]
-        })
-        .collect();
-    batch(&client, &server.base, setup).await;
+    batch(&client, &server.base, funded_accounts(HOLD_ACCOUNTS)).await;
 
     // Each client locks 1-3 on an account, and settles every other hold
     // for 1, until the server stops answering.
